@@ -1,0 +1,172 @@
+"""The convolutional VAE.
+
+One uniform API (after pythae): ``encode``, ``decode``, ``reconstruct``,
+``sample``, ``interpolate``. The :class:`VAEConfig` that built a model is saved
+as JSON beside its weights, so a model folder describes itself and loads back
+without the params file.
+
+Shapes are derived from the config, never typed in: the encoder's output size
+follows from the image size and the layer table, and each transposed
+convolution of the decoder picks the output padding that lands it exactly on
+the size its mirror layer started from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.pt"
+
+# (out_channels, kernel, stride) per encoder layer: the original student project's
+# 16@7x7, 32@5x5 stride 2, 64@3x3 stride 2, 128@3x3.
+CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((16, 7, 1), (32, 5, 2), (64, 3, 2), (128, 3, 1))
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    latent_dim: int = 10
+    arch: str = "conv"
+    in_channels: int = 1
+    image_size: int = 28
+    negative_slope: float = 0.2
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_FILE
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> VAEConfig:
+        return cls(**json.loads((Path(folder) / CONFIG_FILE).read_text()))
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+class ConvVAE(nn.Module):
+    """Gaussian encoder q(z|x), Bernoulli decoder p(x|z) with logits, N(0, I) prior."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        act = lambda: nn.LeakyReLU(config.negative_slope)  # noqa: E731
+
+        sizes = [config.image_size]  # spatial size entering each layer, then the output
+        channels = [config.in_channels]
+        encoder: list[nn.Module] = []
+        for out_ch, kernel, stride in CONV_LAYERS:
+            encoder += [nn.Conv2d(channels[-1], out_ch, kernel, stride, kernel // 2), act()]
+            channels.append(out_ch)
+            sizes.append(_conv_out(sizes[-1], kernel, stride))
+        self.encoder = nn.Sequential(*encoder, nn.Flatten())
+        self.feature_shape = (channels[-1], sizes[-1], sizes[-1])
+        n_features = channels[-1] * sizes[-1] ** 2
+
+        self.to_mean = nn.Linear(n_features, config.latent_dim)
+        self.to_logvar = nn.Linear(n_features, config.latent_dim)
+
+        decoder: list[nn.Module] = [
+            nn.Linear(config.latent_dim, n_features),
+            act(),
+            nn.Unflatten(1, self.feature_shape),
+        ]
+        for i in reversed(range(len(CONV_LAYERS))):
+            _, kernel, stride = CONV_LAYERS[i]
+            size_in, size_out = sizes[i + 1], sizes[i]
+            output_padding = size_out - ((size_in - 1) * stride - 2 * (kernel // 2) + kernel)
+            decoder.append(
+                nn.ConvTranspose2d(
+                    channels[i + 1], channels[i], kernel, stride, kernel // 2, output_padding
+                )
+            )
+            if i > 0:
+                decoder.append(act())
+        self.decoder = nn.Sequential(*decoder)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return (c.in_channels, c.image_size, c.image_size)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance, each ``[N, latent_dim]``."""
+        h = self.encoder(x)
+        return self.to_mean(h), self.to_logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits ``[N, C, H, W]``; ``torch.sigmoid`` gives pixel probabilities."""
+        return self.decoder(z)
+
+    @staticmethod
+    def reparameterize(
+        mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + eps * torch.exp(0.5 * logvar)
+
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of a reconstruction through one posterior sample, and the posterior."""
+        mean, logvar = self.encode(x)
+        return self.decode(self.reparameterize(mean, logvar, generator)), mean, logvar
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel probabilities decoded from the posterior mean (deterministic)."""
+        mean, _ = self.encode(x)
+        return torch.sigmoid(self.decode(mean))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images decoded from latent vectors drawn from the prior N(0, I)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
+        return torch.sigmoid(self.decode(z))
+
+    @torch.no_grad()
+    def interpolate(self, x_start: torch.Tensor, x_end: torch.Tensor, steps: int) -> torch.Tensor:
+        """Images along the straight line between two images' posterior means:
+        ``[N, steps, C, H, W]`` for ``N`` pairs."""
+        z0, _ = self.encode(x_start)
+        z1, _ = self.encode(x_end)
+        t = torch.linspace(0, 1, steps, device=z0.device).view(1, steps, 1)
+        z = torch.lerp(z0.unsqueeze(1), z1.unsqueeze(1), t).flatten(0, 1)
+        return torch.sigmoid(self.decode(z)).unflatten(0, (len(z0), steps))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvVAE}
+
+
+def build_model(config: VAEConfig) -> ConvVAE:
+    try:
+        return ARCHITECTURES[config.arch](config)
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {config.arch!r}; known: {sorted(ARCHITECTURES)}"
+        ) from None
+
+
+def save_model(model: ConvVAE, folder: str | Path) -> Path:
+    """Weights as a ``state_dict`` plus the config as JSON, in one folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save(folder)
+    torch.save(model.state_dict(), folder / WEIGHTS_FILE)
+    return folder
+
+
+def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> ConvVAE:
+    """Rebuild a model from its folder; weights are read with ``weights_only=True``."""
+    folder = Path(folder)
+    model = build_model(VAEConfig.load(folder))
+    state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,78 @@
+"""MLflow: where runs are stored, and the one run that holds a model's lineage.
+
+The train stage opens the run and tags it with the sha256 of the weights it
+wrote. Later stages find that run from the weights file they read, so every
+image and metric of a model lands in the model's own run, while the pipeline's
+outputs (and so ``dvc.lock``) stay free of run ids that would differ each time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+
+EXPERIMENT_NAME = "mnist-vae"
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+MODEL_SHA_TAG = "mnist_vae.model_sha256"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else the SQLite store at ``root``, as an absolute path."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(Path(root).resolve() / STORE_FILE).as_posix()}"
+
+
+def configure(root: str | Path = ".") -> str:
+    """Point MLflow at the project's store and experiment; return the experiment id."""
+    own_store = "MLFLOW_TRACKING_URI" not in os.environ  # set_tracking_uri exports it
+    mlflow.set_tracking_uri(tracking_uri(root))
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        # With the default local store, keep artifacts beside it rather than in
+        # whatever folder the first run happened to start from.
+        location = (Path(root).resolve() / ARTIFACT_DIR).as_uri() if own_store else None
+        experiment_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def find_model_run(weights: str | Path) -> str | None:
+    """Id of the newest run that trained the weights in ``weights`` (None when unknown)."""
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`{MODEL_SHA_TAG}` = '{file_sha256(weights)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+@contextmanager
+def model_run(weights: str | Path, root: str | Path = ".") -> Iterator[mlflow.ActiveRun]:
+    """Re-open the run that trained ``weights``; start one tagged with them if the store lacks it
+    (e.g. after ``dvc pull`` on another machine), so nothing is logged to an unrelated run."""
+    configure(root)
+    run_id = find_model_run(weights)
+    if run_id is None:
+        print(f"no MLflow run found for {weights}; starting a new one", flush=True)
+        with mlflow.start_run(tags={MODEL_SHA_TAG: file_sha256(weights)}) as run:
+            yield run
+    else:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run

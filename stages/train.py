@@ -1,0 +1,75 @@
+"""Stage train: fit the VAE and record the run in MLflow.
+
+Reads: latent_dim, seed, data.*, model.*, train.*   Writes: data/model/,
+data/metrics/train.json (dvc metrics), data/metrics/train_history.csv (dvc plots).
+"""
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from mnist_vae import tracking
+from mnist_vae.data import dataset_digest, load_images
+from mnist_vae.model import WEIGHTS_FILE, VAEConfig, save_model
+from mnist_vae.params import ParamsError, load_params
+from mnist_vae.stage import run
+from mnist_vae.training import fit, seeded_model
+
+DATA = Path("data/mnist")
+MODEL_DIR = Path("data/model")
+METRICS = Path("data/metrics/train.json")
+HISTORY = Path("data/metrics/train_history.csv")
+
+
+def main() -> None:
+    params = load_params()
+    train_x, _ = load_images(DATA, "train", params.data.train_limit, params.seed)
+    test_x, _ = load_images(DATA, "test", params.data.test_limit, random_subset=False)
+    if params.train.batch_size > len(train_x):
+        raise ParamsError(
+            f"params.yaml: train.batch_size = {params.train.batch_size} is larger than the "
+            f"{len(train_x)} training images; expected at most {len(train_x)}"
+        )
+    print(f"train: {len(train_x)} training images, {len(test_x)} test images", flush=True)
+
+    model = seeded_model(
+        VAEConfig(latent_dim=params.latent_dim, arch=params.model.arch), params.seed
+    )
+    tracking.configure()
+    run_name = f"z{params.latent_dim}-{params.model.arch}-e{params.train.epochs}-seed{params.seed}"
+    with mlflow.start_run(run_name=run_name, tags={"mnist_vae.data": dataset_digest(DATA)}):
+        mlflow.log_params(params.flat())
+        start = time.perf_counter()
+        history = fit(
+            model,
+            train_x,
+            test_x,
+            epochs=params.train.epochs,
+            batch_size=params.train.batch_size,
+            lr=params.train.lr,
+            recon=params.train.loss,
+            seed=params.seed,
+            on_epoch=lambda m: mlflow.log_metrics(
+                {k: v for k, v in m.as_dict().items() if k != "epoch"}, step=m.epoch
+            ),
+        )
+        seconds = time.perf_counter() - start
+        mlflow.log_metric("train_seconds", seconds)
+        print(f"train: {params.train.epochs} epochs in {seconds:.1f} s", flush=True)
+
+        save_model(model, MODEL_DIR)
+        METRICS.parent.mkdir(parents=True, exist_ok=True)
+        final = history[-1].as_dict()
+        METRICS.write_text(json.dumps(final, indent=2) + "\n")
+        pd.DataFrame([m.as_dict() for m in history]).to_csv(HISTORY, index=False)
+
+        mlflow.set_tag(tracking.MODEL_SHA_TAG, tracking.file_sha256(MODEL_DIR / WEIGHTS_FILE))
+        mlflow.log_artifacts(str(MODEL_DIR), "model_files")
+        mlflow.log_artifact(str(HISTORY), "metrics")
+
+
+if __name__ == "__main__":
+    run(main, "train")
