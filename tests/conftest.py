@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny synthetic IDX/MNIST files and the offline MNIST mirror."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_vae import data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    """Encode a uint8 tensor as an IDX file (the format of the MNIST files)."""
+    header = struct.pack(">HBB", 0, 0x08, array.dim()) + struct.pack(
+        f">{array.dim()}I", *array.shape
+    )
+    return header + array.contiguous().numpy().tobytes()
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """Four tiny IDX payloads under the official names, registered as the expected checksums.
+
+    Returns the decompressed payloads; ``tmp_path / "mirror"`` holds them gzipped,
+    laid out like an official mirror.
+    """
+    g = torch.Generator().manual_seed(0)
+    payloads = {
+        "train-images-idx3-ubyte": idx_bytes(
+            torch.randint(0, 256, (12, 28, 28), generator=g, dtype=torch.uint8)
+        ),
+        "train-labels-idx1-ubyte": idx_bytes(torch.arange(12, dtype=torch.uint8) % 10),
+        "t10k-images-idx3-ubyte": idx_bytes(
+            torch.randint(0, 256, (5, 28, 28), generator=g, dtype=torch.uint8)
+        ),
+        "t10k-labels-idx1-ubyte": idx_bytes(torch.arange(5, dtype=torch.uint8)),
+    }
+    monkeypatch.setattr(
+        data, "MNIST_SHA256", {k: hashlib.sha256(v).hexdigest() for k, v in payloads.items()}
+    )
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name, payload in payloads.items():
+        (mirror / f"{name}.gz").write_bytes(gzip.compress(payload, mtime=0))
+    return payloads
+
+
+@pytest.fixture(scope="session")
+def mnist_mirror() -> Path:
+    """The real MNIST files offline: $MNIST_MIRROR, else ../shared/data/mnist beside the repo."""
+    mirror = Path(os.environ.get(data.MIRROR_ENV) or ROOT.parent / "shared" / "data" / "mnist")
+    if not all((mirror / f"{name}.gz").is_file() for name in data.MNIST_SHA256):
+        pytest.skip(f"no local MNIST mirror at {mirror}; set {data.MIRROR_ENV}")
+    return mirror.resolve()

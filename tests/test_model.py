@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from mnist_vae.model import CONFIG_FILE, VAEConfig, build_model, load_model, save_model
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2, 10, 16])
+def test_shapes_follow_the_config(latent_dim):
+    model = build_model(VAEConfig(latent_dim=latent_dim))
+    x = torch.rand(3, 1, 28, 28)
+    mean, logvar = model.encode(x)
+    assert mean.shape == logvar.shape == (3, latent_dim)
+    logits, _, _ = model(x)
+    assert logits.shape == x.shape
+    assert model.decode(torch.randn(5, latent_dim)).shape == (5, 1, 28, 28)
+
+
+def test_encoder_is_the_original_layer_table():
+    model = build_model(VAEConfig())
+    convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
+        (16, 7, 1),
+        (32, 5, 2),
+        (64, 3, 2),
+        (128, 3, 1),
+    ]
+    assert model.feature_shape == (128, 7, 7)
+
+
+def test_other_image_sizes_need_no_code_change():
+    model = build_model(VAEConfig(image_size=32, in_channels=3, latent_dim=4))
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x)[0].shape == x.shape
+
+
+def test_uniform_api_outputs_are_images_in_unit_range():
+    torch.manual_seed(0)
+    model = build_model(VAEConfig(latent_dim=3)).eval()
+    x = torch.rand(4, 1, 28, 28)
+    for images in (model.reconstruct(x), model.sample(6, torch.Generator().manual_seed(1))):
+        assert images.min() >= 0 and images.max() <= 1
+    assert model.sample(6).shape == (6, 1, 28, 28)
+    path = model.interpolate(x[:2], x[2:], steps=5)
+    assert path.shape == (2, 5, 1, 28, 28)
+    torch.testing.assert_close(path[:, 0], model.reconstruct(x[:2]))
+    torch.testing.assert_close(path[:, -1], model.reconstruct(x[2:]))
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model = build_model(VAEConfig()).eval()
+    a = model.sample(4, torch.Generator().manual_seed(7))
+    b = model.sample(4, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(VAEConfig(latent_dim=5)).eval()
+    save_model(model, tmp_path)
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["latent_dim"] == 5
+    loaded = load_model(tmp_path)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded.reconstruct(x), model.reconstruct(x))
+
+
+def test_unknown_architecture():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model(VAEConfig(arch="mlp-9000"))
