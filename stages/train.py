@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 
 from mnist_vae import tracking
-from mnist_vae.data import dataset_digest, load_images
+from mnist_vae.data import dataset_digest, load_images, load_test_images
 from mnist_vae.model import WEIGHTS_FILE, VAEConfig, save_model
 from mnist_vae.params import ParamsError, load_params
 from mnist_vae.stage import run
@@ -27,7 +27,7 @@ HISTORY = Path("data/metrics/train_history.csv")
 def main() -> None:
     params = load_params()
     train_x, _ = load_images(DATA, "train", params.data.train_limit, params.seed)
-    test_x, _ = load_images(DATA, "test", params.data.test_limit, random_subset=False)
+    test_x, _ = load_test_images(DATA, params.data.test_limit, params.data.binarize)
     if params.train.batch_size > len(train_x):
         raise ParamsError(
             f"params.yaml: train.batch_size = {params.train.batch_size} is larger than the "
@@ -52,6 +52,7 @@ def main() -> None:
             lr=params.train.lr,
             recon=params.train.loss,
             seed=params.seed,
+            binarize=params.data.binarize == "dynamic",
             on_epoch=lambda m: mlflow.log_metrics(
                 {k: v for k, v in m.as_dict().items() if k != "epoch"}, step=m.epoch
             ),

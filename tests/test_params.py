@@ -25,6 +25,10 @@ def test_committed_params_file_is_valid_and_matches_the_documented_interface():
         assert name in raw[group], key
 
 
+def test_code_defaults_are_the_committed_params():
+    assert load_params(ROOT / "params.yaml") == Params()
+
+
 def test_empty_file_gives_defaults():
     assert parse_params(None) == Params()
 

@@ -8,6 +8,7 @@ lock file or MLflow store.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -31,7 +32,10 @@ SMALL = {
     "train": {"epochs": 1},
     "generate": {"n_samples": 6},
     "compare": {"n_images": 5},
+    "classifier": {"train_limit": 1000, "epochs": 1},
+    "evaluate": {"iw_samples": 4, "fid_samples": 100, "interpolations": 3},
 }
+STAGES = {"download", "train", "generate", "compare", "classifier", "evaluate"}
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +98,7 @@ def project(tmp_path_factory, mnist_mirror):
 
 def test_repro_runs_every_stage_and_writes_every_output(project):
     project, _, output = project
-    assert _stages_run(output) == ["download", "train", "generate", "compare"]
+    assert sorted(_stages_run(output)) == sorted(STAGES)
 
     model = load_model(project / "data/model")
     assert model.config.latent_dim == 10
@@ -117,7 +121,7 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
             assert image.size[0] > 28 and image.size[1] > 28
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "train", "generate", "compare"}
+    assert set(lock["stages"]) == STAGES
     assert lock["stages"]["train"]["params"]["params.yaml"]["latent_dim"] == 10
 
 
@@ -148,6 +152,87 @@ def test_the_run_is_recorded_in_mlflow(project):
         "comparison/grid.png",
     } <= artifacts
     assert (project / "mlartifacts").is_dir()  # artifacts live beside the store
+
+
+def test_evaluate_reports_every_metric(project):
+    project, _, _ = project
+    results = json.loads((project / "data/metrics/evaluate.json").read_text())
+    assert set(results) == {
+        "loss", "recon", "kl", "iwae_nll", "mse", "psnr", "ssim", "active_units",
+        "frechet_distance", "sample_label_entropy", "sample_min_digit_fraction",
+    }  # fmt: skip
+    assert results["iwae_nll"] <= results["loss"] + 1.0
+    assert 0 <= results["active_units"] <= 10
+    assert 0 <= results["sample_label_entropy"] <= math.log(10) + 1e-9
+    assert results["frechet_distance"] >= 0
+    assert (
+        0
+        <= json.loads((project / "data/metrics/classifier.json").read_text())["test_accuracy"]
+        <= 1
+    )
+
+    per_class = pd.read_csv(project / "data/metrics/per_class.csv")
+    assert list(per_class["digit"]) == list(range(10))
+    assert per_class["images"].sum() == SMALL["data"]["test_limit"]
+    assert len(pd.read_csv(project / "data/metrics/latent_kl.csv")) == 10
+    assert pd.read_csv(project / "data/metrics/sample_labels.csv")[
+        "fraction"
+    ].sum() == pytest.approx(1)
+    for picture, size in {
+        "traversal.png": (9 * 30 + 2, 10 * 30 + 2),
+        "interpolation.png": (10 * 30 + 2, 3 * 30 + 2),
+        "latent_map.png": (600, 600),
+    }.items():
+        with Image.open(project / "data/evaluation" / picture) as image:
+            assert image.size == size, picture
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
+    assert run.data.metrics["eval.iwae_nll"] == pytest.approx(results["iwae_nll"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
+        "evaluation/traversal.png", "evaluation/interpolation.png", "evaluation/latent_map.png"
+    }  # fmt: skip
+
+
+def test_dvc_plots_show_renders_every_plot_in_one_page(project):
+    project, env, _ = project
+    _sh("dvc", "plots", "show", "-o", "plots_page", cwd=project, env=env)
+    page = (project / "plots_page" / "index.html").read_text()
+    plots = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    names = [p if isinstance(p, str) else next(iter(p)) for p in plots]
+    assert len(names) == 11
+    for name in names:
+        assert name in page, name
+
+
+def test_the_explorer_notebook_runs_against_the_model(project):
+    import nbformat
+    from nbclient import NotebookClient
+
+    project, _, _ = project
+    notebook = nbformat.read(project / "notebooks/explore.ipynb", as_version=4)
+    # Drive the widgets as a user would: move a slider, pick another test digit.
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        "before = decode_sliders().copy()\n"
+        "sliders[0].value = -2.5 if sliders[0].value > 0 else 2.5\n"
+        "after = decode_sliders()\n"
+        "assert after.shape == (28, 28) and 0 <= after.min() and after.max() <= 1\n"
+        "assert abs(after - before).max() > 1e-3\n"
+        "choice.value = 7\n"
+        "mean = model.encode(test_images[7:8])[0][0].clamp(-SPAN, SPAN)\n"
+        "assert all(abs(s.value - m) < 1e-6 for s, m in zip(sliders, mean.tolist()))\n"
+        "print('explored', len(sliders), 'sliders')"
+    ))  # fmt: skip
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3",
+        resources={"metadata": {"path": str(project / "notebooks")}},
+    ).execute()  # fmt: skip
+    texts = [o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+             for o in cell.outputs]  # fmt: skip
+    assert any("10 latent dimensions" in t for t in texts)
+    assert any("test digit 7: a " in t for t in texts)
+    assert "explored 10 sliders" in texts[-1]
 
 
 def test_experiment_with_a_larger_latent_then_nothing_to_reproduce(project):

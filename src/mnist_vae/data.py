@@ -174,6 +174,27 @@ def load_images(
     return to_float(images[index]), labels[index]
 
 
+# Binarised test images are drawn once, with this seed whatever the run's own seed, so
+# every experiment is scored on the very same binary test set.
+TEST_BINARIZATION_SEED = 0
+BINARIZATIONS = ("none", "dynamic")
+
+
+def load_test_images(
+    data_dir: str | Path, limit: int = 0, binarize: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` test images (all when 0), grey levels or, for ``binarize="dynamic"``,
+    Bernoulli pixels drawn once with a fixed seed."""
+    if binarize not in BINARIZATIONS:
+        raise ValueError(f"unknown binarization {binarize!r}; expected one of {BINARIZATIONS}")
+    images, labels = load_images(data_dir, "test", limit, random_subset=False)
+    if binarize == "dynamic":
+        images = torch.bernoulli(
+            images, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
+        )
+    return images, labels
+
+
 def dataset_digest(data_dir: str | Path) -> str:
     """One sha256 over the four verified files' checksums: identifies the data a model saw."""
     data_dir = Path(data_dir)

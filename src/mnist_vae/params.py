@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-ARCHITECTURES = ("conv",)
-LOSSES = ("bce", "mse")
+from .data import BINARIZATIONS
+from .losses import LOSSES
+from .model import ARCHITECTURES
 
 
 class ParamsError(ValueError):
@@ -35,10 +36,18 @@ class DataParams:
     """0 takes all 60,000 training images; a positive number a seeded random subset."""
     test_limit: int = 0
     """0 evaluates on all 10,000 test images; a positive number on the first ones (quick runs)."""
+    binarize: str = "none"
+    """``none``: grey levels; ``dynamic``: Bernoulli pixels re-drawn at every visit (test: once)."""
 
     def validate(self, prefix: str) -> None:
         _check(self.train_limit >= 0, f"{prefix}train_limit", self.train_limit, "an integer >= 0")
         _check(self.test_limit >= 0, f"{prefix}test_limit", self.test_limit, "an integer >= 0")
+        _check(
+            self.binarize in BINARIZATIONS,
+            f"{prefix}binarize",
+            self.binarize,
+            f"one of {BINARIZATIONS}",
+        )
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,14 @@ class ModelParams:
     arch: str = "conv"
 
     def validate(self, prefix: str) -> None:
-        _check(self.arch in ARCHITECTURES, f"{prefix}arch", self.arch, f"one of {ARCHITECTURES}")
+        _check(
+            self.arch in ARCHITECTURES, f"{prefix}arch", self.arch, f"one of {tuple(ARCHITECTURES)}"
+        )
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 3
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
     loss: str = "bce"
@@ -85,6 +96,59 @@ class CompareParams:
 
 
 @dataclass(frozen=True)
+class ClassifierParams:
+    """The sample-quality judge. Its own seed, so `-S seed=N` experiments share one judge."""
+
+    seed: int = 0
+    train_limit: int = 0
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 3e-3
+    """the peak of the one-cycle learning-rate schedule"""
+
+    def validate(self, prefix: str) -> None:
+        _check(self.seed >= 0, f"{prefix}seed", self.seed, "an integer >= 0")
+        _check(self.train_limit >= 0, f"{prefix}train_limit", self.train_limit, "an integer >= 0")
+        _check(self.epochs >= 1, f"{prefix}epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, f"{prefix}batch_size", self.batch_size, "an integer >= 1")
+        _check(0 < self.lr < math.inf, f"{prefix}lr", self.lr, "a finite number > 0")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    iw_samples: int = 20
+    """importance samples per test image for the IWAE bound on -log p(x)"""
+    fid_samples: int = 10000
+    """generated images scored against the test images (Fréchet distance, label histogram)"""
+    active_threshold: float = 0.01
+    """a latent dimension is active when its KL, averaged over the test set, exceeds this (nats)"""
+    traversal_span: float = 3.0
+    traversal_steps: int = 9
+    interpolations: int = 8
+    interpolation_steps: int = 10
+
+    def validate(self, prefix: str) -> None:
+        for name in ("iw_samples", "fid_samples", "interpolations"):
+            value = getattr(self, name)
+            _check(value >= 1, f"{prefix}{name}", value, "an integer >= 1")
+        for name in ("traversal_steps", "interpolation_steps"):
+            value = getattr(self, name)
+            _check(value >= 2, f"{prefix}{name}", value, "an integer >= 2")
+        _check(
+            0 <= self.active_threshold < math.inf,
+            f"{prefix}active_threshold",
+            self.active_threshold,
+            "a finite number >= 0",
+        )
+        _check(
+            0 < self.traversal_span < math.inf,
+            f"{prefix}traversal_span",
+            self.traversal_span,
+            "a finite number > 0",
+        )
+
+
+@dataclass(frozen=True)
 class Params:
     latent_dim: int = 10
     seed: int = 0
@@ -93,6 +157,8 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     generate: GenerateParams = field(default_factory=GenerateParams)
     compare: CompareParams = field(default_factory=CompareParams)
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def validate(self, prefix: str = "") -> None:
         _check(self.latent_dim >= 1, "latent_dim", self.latent_dim, "an integer >= 1")

@@ -46,7 +46,8 @@ def seeded_model(config: VAEConfig, seed: int) -> ConvVAE:
     return build_model(config)
 
 
-def _batches(n: int, batch_size: int, order: torch.Tensor | None = None):
+def batches(n: int, batch_size: int, order: torch.Tensor | None = None):
+    """Index slices (or index tensors, given an ``order``) of consecutive batches, with sizes."""
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         yield (order[start:stop] if order is not None else slice(start, stop)), stop - start
@@ -65,7 +66,7 @@ def evaluate(
     model.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
     sums = torch.zeros(3, dtype=torch.float64)
-    for index, size in _batches(len(images), batch_size):
+    for index, size in batches(len(images), batch_size):
         x = images[index]
         logits, mean, logvar = model(x, generator)
         parts = negative_elbo(logits, x, mean, logvar, recon)
@@ -82,8 +83,12 @@ def train_epoch(
     generator: torch.Generator,
     desc: str = "",
     progress: bool = True,
+    binarize: bool = False,
 ) -> dict[str, float]:
-    """One pass over ``images`` in a seeded random order; returns per-image means."""
+    """One pass over ``images`` in a seeded random order; returns per-image means.
+
+    With ``binarize``, each grey-level image is re-drawn as Bernoulli pixels every time it
+    is seen (dynamic binarisation, as in the binarized-MNIST literature)."""
     model.train()
     order = torch.randperm(len(images), generator=generator)
     sums = torch.zeros(3, dtype=torch.float64)
@@ -96,8 +101,8 @@ def train_epoch(
         leave=False,
         mininterval=PROGRESS_INTERVAL,
     ) as bar:
-        for index, size in _batches(len(images), batch_size, order):
-            x = images[index]
+        for index, size in batches(len(images), batch_size, order):
+            x = torch.bernoulli(images[index], generator=generator) if binarize else images[index]
             logits, mean, logvar = model(x, generator)
             parts = negative_elbo(logits, x, mean, logvar, recon)
             optimizer.zero_grad(set_to_none=True)
@@ -120,10 +125,14 @@ def fit(
     lr: float,
     recon: str = "bce",
     seed: int = 0,
+    binarize: bool = False,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     progress: bool = True,
 ) -> list[EpochMetrics]:
-    """Train with Adam; after each epoch evaluate on ``test_images`` and call ``on_epoch``."""
+    """Train with Adam; after each epoch evaluate on ``test_images`` and call ``on_epoch``.
+
+    ``binarize`` re-draws training images as Bernoulli pixels at every visit; the test
+    images are used as given (binarize them once beforehand, see ``data.binarize_fixed``)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history: list[EpochMetrics] = []
@@ -137,6 +146,7 @@ def fit(
             generator,
             desc=f"epoch {epoch}/{epochs}",
             progress=progress,
+            binarize=binarize,
         )
         test = evaluate(model, test_images, recon=recon, seed=seed)
         metrics = EpochMetrics(

@@ -1,0 +1,114 @@
+"""Evaluation metrics of a trained VAE: likelihood, reconstruction, latent use, sample quality.
+
+Image-quality measures come from torchmetrics (PSNR, SSIM, and the Fréchet
+distance computed by its FID implementation on features of our own MNIST
+classifier); the likelihood bounds from :mod:`mnist_vae.losses`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from .classifier import DigitClassifier, FeatureExtractor, predict
+from .losses import iwae_nll, kl_per_dimension, reconstruction_error
+from .model import ConvVAE
+from .training import batches
+
+N_DIGITS = 10
+
+
+@torch.no_grad()
+def per_image_metrics(
+    model: ConvVAE,
+    images: torch.Tensor,
+    *,
+    iw_samples: int,
+    seed: int = 0,
+    batch_size: int = 500,
+    iw_budget: int = 4096,
+) -> tuple[pd.DataFrame, torch.Tensor]:
+    """One row per image: single-sample negative ELBO (Bernoulli, in nats, whatever loss the
+    model was trained with) and its parts, the importance-weighted
+    NLL, and the MSE/PSNR/SSIM of the reconstruction from the posterior mean. Also returns
+    the per-dimension KL of every image (``[N, latent_dim]``)."""
+    model.eval()
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    rows, kls = [], []
+    for index, _ in batches(len(images), batch_size):
+        x = images[index]
+        mean, logvar = model.encode(x)
+        z = model.reparameterize(mean, logvar, generator)
+        rec = reconstruction_error(model.decode(z), x, "bce")
+        kl_dims = kl_per_dimension(mean, logvar)
+        kl = kl_dims.sum(1)
+        x_hat = torch.sigmoid(model.decode(mean))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "loss": (rec + kl).double().cpu(),
+                    "recon": rec.double().cpu(),
+                    "kl": kl.double().cpu(),
+                    "iwae_nll": iwae_nll(model, x, iw_samples, generator, iw_budget).double().cpu(),
+                    "mse": (x_hat - x).pow(2).flatten(1).mean(1).double().cpu(),
+                    "psnr": peak_signal_noise_ratio(
+                        x_hat, x, data_range=1.0, reduction="none", dim=(1, 2, 3)
+                    )
+                    .double()
+                    .cpu(),
+                    "ssim": structural_similarity_index_measure(
+                        x_hat, x, data_range=1.0, reduction="none"
+                    )
+                    .double()
+                    .cpu(),
+                }
+            )
+        )
+        kls.append(kl_dims.cpu())
+    return pd.concat(rows, ignore_index=True), torch.cat(kls)
+
+
+def active_units(kl_dims: torch.Tensor, threshold: float) -> tuple[int, list[float]]:
+    """Dimensions whose KL, averaged over images, exceeds ``threshold`` nats, and every
+    dimension's average KL."""
+    mean_kl = kl_dims.double().mean(0)
+    return int((mean_kl > threshold).sum()), mean_kl.tolist()
+
+
+@torch.no_grad()
+def frechet_distance(
+    classifier: DigitClassifier, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1000
+) -> float:
+    """Fréchet distance between the classifier features of two image sets (torchmetrics' FID
+    with our classifier's penultimate layer in place of Inception)."""
+    fid = FrechetInceptionDistance(feature=FeatureExtractor(classifier), normalize=True)
+    for images, is_real in ((real, True), (fake, False)):
+        for index, _ in batches(len(images), batch_size):
+            fid.update(images[index], real=is_real)
+    return float(fid.compute())
+
+
+def label_histogram(
+    classifier: DigitClassifier, samples: torch.Tensor
+) -> tuple[list[float], float]:
+    """Fraction of samples the classifier calls each digit, and that distribution's entropy
+    in nats (ln 10 = 2.303 when every digit is equally common)."""
+    counts = torch.bincount(predict(classifier, samples), minlength=N_DIGITS).double()
+    fractions = counts / counts.sum()
+    nonzero = fractions[fractions > 0]
+    return fractions.tolist(), float(-(nonzero * nonzero.log()).sum())
+
+
+def summarize(rows: pd.DataFrame) -> dict[str, float]:
+    """Means of the per-image columns (PSNR as the mean of per-image PSNRs)."""
+    return {name: float(value) for name, value in rows.mean(numeric_only=True).items()}
+
+
+MAX_LABEL_ENTROPY = math.log(N_DIGITS)
