@@ -1,7 +1,7 @@
 import torch
 from PIL import Image
 
-from mnist_vae.latent import project_2d, save_latent_map, traversal
+from mnist_vae.latent import project_2d, save_latent_map, save_pictures, traversal
 from mnist_vae.model import VAEConfig, build_model
 
 
@@ -34,3 +34,15 @@ def test_latent_map_png(tmp_path):
     path = save_latent_map(torch.randn(100, 4), torch.arange(100) % 10, tmp_path / "map.png")
     with Image.open(path) as image:
         assert image.size == (600, 600)
+
+
+def test_save_pictures(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(VAEConfig(latent_dim=2)).eval()
+    images = torch.rand(7, 1, 28, 28)
+    paths = save_pictures(model, images, torch.arange(7), tmp_path, span=1.0, steps=4,
+                          pairs=5, interpolation_steps=6)  # fmt: skip
+    assert [p.name for p in paths] == ["traversal.png", "interpolation.png", "latent_map.png"]
+    with Image.open(paths[0]) as traversal_png, Image.open(paths[1]) as interpolation_png:
+        assert traversal_png.size == (4 * 30 + 2, 2 * 30 + 2)  # 2 dims x 4 steps
+        assert interpolation_png.size == (6 * 30 + 2, 3 * 30 + 2)  # 7 images: 3 pairs

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
+from .images import save_grid
 from .model import ConvVAE
 
 
@@ -53,3 +54,33 @@ def save_latent_map(means: torch.Tensor, labels: torch.Tensor, path: str | Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None})
     return path
+
+
+@torch.no_grad()
+def save_pictures(
+    model: ConvVAE,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    folder: str | Path,
+    *,
+    span: float,
+    steps: int,
+    pairs: int,
+    interpolation_steps: int,
+) -> list[Path]:
+    """``traversal.png`` around the first image's code, ``interpolation.png`` between the
+    first ``pairs`` images and the next ``pairs``, and ``latent_map.png`` of all images."""
+    folder = Path(folder)
+    z0, _ = model.encode(images[:1])
+    pairs = min(pairs, len(images) // 2)
+    return [
+        save_grid(traversal(model, z0[0], span, steps), folder / "traversal.png", nrow=steps),
+        save_grid(
+            interpolation_grid(
+                model, images[:pairs], images[pairs : 2 * pairs], interpolation_steps
+            ),
+            folder / "interpolation.png",
+            nrow=interpolation_steps,
+        ),
+        save_latent_map(model.encode(images)[0], labels, folder / "latent_map.png"),
+    ]

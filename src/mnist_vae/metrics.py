@@ -8,6 +8,7 @@ classifier); the likelihood bounds from :mod:`mnist_vae.losses`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -112,3 +113,53 @@ def summarize(rows: pd.DataFrame) -> dict[str, float]:
 
 
 MAX_LABEL_ENTROPY = math.log(N_DIGITS)
+
+
+@dataclass
+class Evaluation:
+    """Everything the evaluate stage reports: headline numbers and three tables."""
+
+    summary: dict[str, float]
+    per_class: pd.DataFrame
+    """per-image metrics averaged per digit, with the number of images of each"""
+    latent_kl: pd.DataFrame
+    """average KL of each latent dimension"""
+    sample_labels: pd.DataFrame
+    """share of the samples the classifier assigns to each digit"""
+
+
+@torch.no_grad()
+def evaluate_vae(
+    model: ConvVAE,
+    classifier: DigitClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    reference: torch.Tensor,
+    iw_samples: int,
+    fid_samples: int,
+    active_threshold: float,
+    seed: int,
+) -> Evaluation:
+    """Score ``model`` on test ``images`` (as trained: grey or binarized) and its samples
+    against the grey-level ``reference`` images (the Fréchet distance's real set)."""
+    rows, kl_dims = per_image_metrics(model, images, iw_samples=iw_samples, seed=seed)
+    n_active, kl_by_dim = active_units(kl_dims, active_threshold)
+    samples = model.sample(fid_samples, torch.Generator().manual_seed(seed))
+    fractions, entropy = label_histogram(classifier, samples)
+    summary = {
+        **summarize(rows),
+        "active_units": n_active,
+        "frechet_distance": frechet_distance(classifier, reference, samples),
+        "sample_label_entropy": entropy,
+        "sample_min_digit_fraction": min(fractions),
+    }
+    by_digit = rows.groupby(labels.cpu().numpy())
+    per_class = by_digit.mean().rename_axis("digit").reset_index()
+    per_class.insert(1, "images", by_digit.size().to_numpy())
+    return Evaluation(
+        summary,
+        per_class,
+        pd.DataFrame({"dim": range(len(kl_by_dim)), "kl": kl_by_dim}),
+        pd.DataFrame({"digit": range(N_DIGITS), "fraction": fractions}),
+    )
