@@ -57,10 +57,11 @@ def main() -> None:
         pairs=p.interpolations, interpolation_steps=p.interpolation_steps,
     )  # fmt: skip
 
-    with tracking.model_run(MODEL_DIR / WEIGHTS_FILE):
+    with tracking.model_run(MODEL_DIR / WEIGHTS_FILE) as mlflow_run:
         mlflow.log_metrics({f"eval.{k}": v for k, v in result.summary.items()})
         mlflow.log_artifacts(str(PICTURES), "evaluation")
         mlflow.log_artifacts(str(METRICS_DIR), "metrics")
+        print(f"evaluate: {tracking.promote_if_better(mlflow_run.info.run_id)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def main() -> None:
         pd.DataFrame([m.as_dict() for m in history]).to_csv(HISTORY, index=False)
 
         mlflow.set_tag(tracking.MODEL_SHA_TAG, tracking.file_sha256(MODEL_DIR / WEIGHTS_FILE))
-        mlflow.log_artifacts(str(MODEL_DIR), "model_files")
+        mlflow.log_artifacts(str(MODEL_DIR), tracking.MODEL_FILES)
         mlflow.log_artifact(str(HISTORY), "metrics")
 
 

@@ -23,6 +23,7 @@ import torch
 import yaml
 from PIL import Image
 
+from mnist_vae import tracking
 from mnist_vae.model import load_model
 from mnist_vae.tracking import MODEL_SHA_TAG, file_sha256
 
@@ -190,6 +191,7 @@ def test_evaluate_reports_every_metric(project):
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
     assert run.data.metrics["eval.iwae_nll"] == pytest.approx(results["iwae_nll"])
+    assert run.data.tags["mnist_vae.promotion"].startswith("not promoted: no version")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
         "evaluation/traversal.png", "evaluation/interpolation.png", "evaluation/latent_map.png"
     }  # fmt: skip
@@ -206,14 +208,31 @@ def test_dvc_plots_show_renders_every_plot_in_one_page(project):
         assert name in page, name
 
 
-def test_the_explorer_notebook_runs_against_the_model(project):
+def _run_notebook(project: Path, env: dict[str, str], extra_cell: str) -> list[str]:
+    """Execute the explorer notebook plus ``extra_cell``; return every cell's text output."""
     import nbformat
     from nbclient import NotebookClient
 
-    project, _, _ = project
     notebook = nbformat.read(project / "notebooks/explore.ipynb", as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(extra_cell))
+    saved = dict(os.environ)
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3",
+            resources={"metadata": {"path": str(project / "notebooks")}},
+        ).execute()  # fmt: skip
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return [o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+            for o in cell.outputs]  # fmt: skip
+
+
+def test_the_explorer_notebook_runs_against_the_model(project):
+    project, env, _ = project
     # Drive the widgets as a user would: move a slider, pick another test digit.
-    notebook.cells.append(nbformat.v4.new_code_cell(
+    texts = _run_notebook(project, env, (
         "before = decode_sliders().copy()\n"
         "sliders[0].value = -2.5 if sliders[0].value > 0 else 2.5\n"
         "after = decode_sliders()\n"
@@ -224,15 +243,29 @@ def test_the_explorer_notebook_runs_against_the_model(project):
         "assert all(abs(s.value - m) < 1e-6 for s, m in zip(sliders, mean.tolist()))\n"
         "print('explored', len(sliders), 'sliders')"
     ))  # fmt: skip
-    NotebookClient(
-        notebook, timeout=300, kernel_name="python3",
-        resources={"metadata": {"path": str(project / "notebooks")}},
-    ).execute()  # fmt: skip
-    texts = [o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-             for o in cell.outputs]  # fmt: skip
-    assert any("10 latent dimensions" in t for t in texts)
+    assert any(f"model from {project / 'data/model'}: 10 latent dimensions" in t for t in texts)
     assert any("test digit 7: a " in t for t in texts)
     assert "explored 10 sliders" in texts[-1]
+
+
+def test_a_registered_champion_is_promoted_and_explored(project):
+    project, env, _ = project
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
+    client.create_registered_model(tracking.REGISTERED_MODEL)
+    client.create_model_version(
+        tracking.REGISTERED_MODEL, f"{run.info.artifact_uri}/{tracking.MODEL_FILES}",
+        run_id=run.info.run_id,
+    )  # fmt: skip
+    assert "promoted to champion" in tracking.promote_if_better(run.info.run_id)
+    (project / "data/model/model.pt").rename(project / "model.pt.away")  # only the registry has it
+    try:
+        texts = _run_notebook(project, env, "print(decode_sliders().shape)")
+    finally:
+        (project / "model.pt.away").rename(project / "data/model/model.pt")
+    assert any("model from mnist-vae@champion: 10 latent dimensions" in t for t in texts)
+    assert "(28, 28)" in texts[-1]
 
 
 def test_experiment_with_a_larger_latent_then_nothing_to_reproduce(project):

@@ -15,8 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 EXPERIMENT_NAME = "mnist-vae"
+REGISTERED_MODEL = "mnist-vae"
+CHAMPION_ALIAS = "champion"
+PROMOTION_METRIC = "eval.iwae_nll"
+PROMOTION_TAG = "mnist_vae.promotion"
+MODEL_FILES = "model_files"  # the run's artifact folder holding model.pt and config.json
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 MODEL_SHA_TAG = "mnist_vae.model_sha256"
@@ -76,3 +82,68 @@ def model_run(weights: str | Path, root: str | Path = ".") -> Iterator[mlflow.Ac
     else:
         with mlflow.start_run(run_id=run_id) as run:
             yield run
+
+
+def _champion(client: mlflow.MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException:  # no such model, or no champion yet
+        return None
+
+
+def promote_if_better(run_id: str, name: str = REGISTERED_MODEL) -> str:
+    """Give the alias ``champion`` to the newest registered version trained by ``run_id`` when
+    its importance-weighted NLL beats the current champion's (or there is none).
+
+    The decision is returned and recorded as a tag on the run (and, when promoted, on the
+    version); nothing happens to the registry when the run has no registered version.
+    """
+    client = mlflow.MlflowClient()
+    ours = client.get_run(run_id).data.metrics.get(PROMOTION_METRIC)
+    versions = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if v.name == name]
+    if not versions:
+        decision = f"not promoted: no version of {name!r} was registered from this run"
+    elif ours is None:
+        decision = f"not promoted: the run has no {PROMOTION_METRIC}"
+    else:
+        version = max(versions, key=lambda v: int(v.version))
+        champion = _champion(client, name)
+        theirs = (
+            None
+            if champion is None
+            else (client.get_run(champion.run_id).data.metrics.get(PROMOTION_METRIC))
+        )
+        if champion is not None and champion.version == version.version:
+            decision = f"version {version.version} is already the champion"
+        elif champion is not None and theirs is not None and ours >= theirs:
+            decision = (
+                f"not promoted: {PROMOTION_METRIC} {ours:.3f} does not beat champion "
+                f"version {champion.version}'s {theirs:.3f}"
+            )
+        else:
+            client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+            before = (
+                "there was no champion" if champion is None
+                else f"champion version {champion.version} had "
+                + ("no score" if theirs is None else f"{theirs:.3f}")
+            )  # fmt: skip
+            decision = f"version {version.version} promoted to champion ({ours:.3f}; {before})"
+            client.set_model_version_tag(name, version.version, PROMOTION_TAG, decision)
+    client.set_tag(run_id, PROMOTION_TAG, decision)
+    return decision
+
+
+def champion_model_files(dest: str | Path, root: str | Path = ".") -> Path | None:
+    """Download the model folder of the registry's champion into ``dest``; None when there is
+    no store, no registered model or no champion (nothing is created in that case)."""
+    if "MLFLOW_TRACKING_URI" not in os.environ and not (Path(root) / STORE_FILE).exists():
+        return None
+    mlflow.set_tracking_uri(tracking_uri(root))
+    champion = _champion(mlflow.MlflowClient(), REGISTERED_MODEL)
+    if champion is None:
+        return None
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=champion.run_id, artifact_path=MODEL_FILES, dst_path=str(dest)
+        )
+    )

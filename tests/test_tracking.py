@@ -1,0 +1,92 @@
+"""MLflow helpers against a temporary SQLite store."""
+
+from __future__ import annotations
+
+import contextlib
+
+import mlflow
+import pytest
+
+from mnist_vae import tracking
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure(tmp_path)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+def _evaluated_run(nll: float, register: bool = True) -> str:
+    with mlflow.start_run() as run:
+        mlflow.log_metric(tracking.PROMOTION_METRIC, nll)
+        mlflow.log_text("weights", f"{tracking.MODEL_FILES}/model.pt")
+    if register:
+        client = mlflow.MlflowClient()
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # already there
+            client.create_registered_model(tracking.REGISTERED_MODEL)
+        client.create_model_version(
+            tracking.REGISTERED_MODEL, f"{run.info.artifact_uri}/{tracking.MODEL_FILES}",
+            run_id=run.info.run_id,
+        )  # fmt: skip
+    return run.info.run_id
+
+
+def _champion_run() -> str:
+    client = mlflow.MlflowClient()
+    return client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "champion").run_id
+
+
+def test_default_store_is_an_absolute_sqlite_file_with_artifacts_beside_it(store):
+    assert tracking.tracking_uri(store) == f"sqlite:///{store.resolve() / 'mlflow.db'}"
+    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    assert experiment.artifact_location == (store.resolve() / "mlartifacts").as_uri()
+
+
+def test_the_run_of_a_model_is_found_from_its_weights(store):
+    weights = store / "model.pt"
+    weights.write_bytes(b"some weights")
+    with mlflow.start_run(tags={tracking.MODEL_SHA_TAG: tracking.file_sha256(weights)}) as run:
+        pass
+    assert tracking.find_model_run(weights) == run.info.run_id
+    with tracking.model_run(weights, store) as reopened:
+        assert reopened.info.run_id == run.info.run_id
+    weights.write_bytes(b"other weights")
+    assert tracking.find_model_run(weights) is None
+    with tracking.model_run(weights, store) as fresh:  # unknown weights: a new, tagged run
+        assert fresh.info.run_id != run.info.run_id
+    assert tracking.find_model_run(weights) == fresh.info.run_id
+
+
+def test_promotion_follows_the_importance_weighted_nll(store):
+    unregistered = _evaluated_run(90.0, register=False)
+    assert tracking.promote_if_better(unregistered).startswith("not promoted: no version")
+
+    first = _evaluated_run(100.0)
+    assert "promoted to champion" in tracking.promote_if_better(first)
+    assert _champion_run() == first
+    assert "already the champion" in tracking.promote_if_better(first)
+
+    worse = _evaluated_run(101.0)
+    assert tracking.promote_if_better(worse).startswith("not promoted: eval.iwae_nll 101.000")
+    assert _champion_run() == first
+
+    better = _evaluated_run(99.5)
+    decision = tracking.promote_if_better(better)
+    assert decision == "version 3 promoted to champion (99.500; champion version 1 had 100.000)"
+    assert _champion_run() == better
+    client = mlflow.MlflowClient()
+    assert client.get_run(better).data.tags[tracking.PROMOTION_TAG] == decision
+    assert client.get_run(worse).data.tags[tracking.PROMOTION_TAG].startswith("not promoted")
+
+
+def test_champion_model_files(store, tmp_path_factory):
+    empty = tmp_path_factory.mktemp("no-store")
+    assert tracking.champion_model_files(empty / "dl", root=empty) is None
+    assert list(empty.iterdir()) == []  # looking creates no store
+    assert tracking.champion_model_files(store / "dl", root=store) is None  # no champion yet
+    run_id = _evaluated_run(95.0)
+    tracking.promote_if_better(run_id)
+    folder = tracking.champion_model_files(store / "dl", root=store)
+    assert (folder / "model.pt").read_text() == "weights"
