@@ -108,11 +108,7 @@ def promote_if_better(run_id: str, name: str = REGISTERED_MODEL) -> str:
     else:
         version = max(versions, key=lambda v: int(v.version))
         champion = _champion(client, name)
-        theirs = (
-            None
-            if champion is None
-            else (client.get_run(champion.run_id).data.metrics.get(PROMOTION_METRIC))
-        )
+        theirs = champion and client.get_run(champion.run_id).data.metrics.get(PROMOTION_METRIC)
         if champion is not None and champion.version == version.version:
             decision = f"version {version.version} is already the champion"
         elif champion is not None and theirs is not None and ours >= theirs:
