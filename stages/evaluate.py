@@ -13,11 +13,12 @@ from pathlib import Path
 import mlflow
 
 from mnist_vae import tracking
+from mnist_vae.checkpoint import WEIGHTS_FILE
 from mnist_vae.classifier import load_classifier
 from mnist_vae.data import load_test_images
 from mnist_vae.latent import save_pictures
 from mnist_vae.metrics import evaluate_vae
-from mnist_vae.model import WEIGHTS_FILE, load_model
+from mnist_vae.model import load_model
 from mnist_vae.params import load_params
 from mnist_vae.stage import run
 

@@ -12,8 +12,9 @@ import mlflow
 import pandas as pd
 
 from mnist_vae import tracking
+from mnist_vae.checkpoint import WEIGHTS_FILE
 from mnist_vae.data import dataset_digest, load_images, load_test_images
-from mnist_vae.model import WEIGHTS_FILE, VAEConfig, save_model
+from mnist_vae.model import VAEConfig, save_model
 from mnist_vae.params import ParamsError, load_params
 from mnist_vae.stage import run
 from mnist_vae.training import fit, seeded_model

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from mnist_vae.model import CONFIG_FILE, VAEConfig, build_model, load_model, save_model
+from mnist_vae.checkpoint import CONFIG_FILE
+from mnist_vae.model import VAEConfig, build_model, load_model, save_model
 
 
 @pytest.mark.parametrize("latent_dim", [1, 2, 10, 16])

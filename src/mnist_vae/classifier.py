@@ -8,8 +8,7 @@ the samples.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,10 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .training import PROGRESS_INTERVAL, batches
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -123,15 +120,11 @@ def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor)
 
 
 def save_classifier(model: DigitClassifier, folder: str | Path) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
-    torch.save(model.state_dict(), folder / WEIGHTS_FILE)
-    return folder
+    return save_checkpoint(folder, model.config, model.state_dict())
 
 
 def load_classifier(folder: str | Path) -> DigitClassifier:
-    folder = Path(folder)
-    model = DigitClassifier(ClassifierConfig(**json.loads((folder / CONFIG_FILE).read_text())))
-    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    config, state = load_checkpoint(folder)
+    model = DigitClassifier(ClassifierConfig(**config))
+    model.load_state_dict(state)
     return model.eval()

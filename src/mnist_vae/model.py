@@ -13,15 +13,13 @@ the size its mirror layer started from.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
+from .checkpoint import load_checkpoint, save_checkpoint
 
 # (out_channels, kernel, stride) per encoder layer: the original student project's
 # 16@7x7, 32@5x5 stride 2, 64@3x3 stride 2, 128@3x3.
@@ -35,15 +33,6 @@ class VAEConfig:
     in_channels: int = 1
     image_size: int = 28
     negative_slope: float = 0.2
-
-    def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CONFIG_FILE
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, folder: str | Path) -> VAEConfig:
-        return cls(**json.loads((Path(folder) / CONFIG_FILE).read_text()))
 
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:
@@ -156,17 +145,12 @@ def build_model(config: VAEConfig) -> ConvVAE:
 
 def save_model(model: ConvVAE, folder: str | Path) -> Path:
     """Weights as a ``state_dict`` plus the config as JSON, in one folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save(folder)
-    torch.save(model.state_dict(), folder / WEIGHTS_FILE)
-    return folder
+    return save_checkpoint(folder, model.config, model.state_dict())
 
 
 def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> ConvVAE:
-    """Rebuild a model from its folder; weights are read with ``weights_only=True``."""
-    folder = Path(folder)
-    model = build_model(VAEConfig.load(folder))
-    state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    """Rebuild a model from its folder (weights read with ``weights_only=True``)."""
+    config, state = load_checkpoint(folder, map_location)
+    model = build_model(VAEConfig(**config))
     model.load_state_dict(state)
     return model.eval()
