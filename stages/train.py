@@ -1,4 +1,5 @@
-"""Stage train: fit the VAE and record the run in MLflow.
+"""Stage train: fit the VAE and record the run in MLflow, with the model as a registered
+pyfunc model (a new version of ``mnist-vae`` per training).
 
 Reads: latent_dim, seed, data.*, model.*, train.*   Writes: data/model/,
 data/metrics/train.json (dvc metrics), data/metrics/train_history.csv (dvc plots).
@@ -16,6 +17,7 @@ from mnist_vae.checkpoint import WEIGHTS_FILE
 from mnist_vae.data import dataset_digest, load_images, load_test_images
 from mnist_vae.model import VAEConfig, save_model
 from mnist_vae.params import ParamsError, load_params
+from mnist_vae.serving import log_pyfunc_model
 from mnist_vae.stage import run
 from mnist_vae.training import fit, seeded_model
 
@@ -40,8 +42,8 @@ def main() -> None:
         VAEConfig(latent_dim=params.latent_dim, arch=params.model.arch), params.seed
     )
     tracking.configure()
-    run_name = f"z{params.latent_dim}-{params.model.arch}-e{params.train.epochs}-seed{params.seed}"
-    with mlflow.start_run(run_name=run_name, tags={"mnist_vae.data": dataset_digest(DATA)}):
+    name = tracking.run_name(params.latent_dim, params.model.arch, params.train.epochs, params.seed)
+    with mlflow.start_run(run_name=name, tags=tracking.run_tags(dataset_digest(DATA))):
         mlflow.log_params(params.flat())
         start = time.perf_counter()
         history = fit(
@@ -71,6 +73,12 @@ def main() -> None:
         mlflow.set_tag(tracking.MODEL_SHA_TAG, tracking.file_sha256(MODEL_DIR / WEIGHTS_FILE))
         mlflow.log_artifacts(str(MODEL_DIR), tracking.MODEL_FILES)
         mlflow.log_artifact(str(HISTORY), "metrics")
+        info = log_pyfunc_model(MODEL_DIR, params.latent_dim, tracking.REGISTERED_MODEL)
+        print(
+            f"train: registered {tracking.REGISTERED_MODEL} version "
+            f"{info.registered_model_version} (run {info.run_id})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

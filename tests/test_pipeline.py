@@ -12,11 +12,18 @@ import math
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -24,6 +31,7 @@ import yaml
 from PIL import Image
 
 from mnist_vae import tracking
+from mnist_vae.data import dataset_digest
 from mnist_vae.model import load_model
 from mnist_vae.tracking import MODEL_SHA_TAG, file_sha256
 
@@ -127,16 +135,21 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
 
 
 def test_the_run_is_recorded_in_mlflow(project):
-    project, _, _ = project
+    project, env, _ = project
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "z10-conv-e1-seed0"
     assert run.data.params["latent_dim"] == "10"
     assert run.data.params["train.epochs"] == "1"
     assert run.data.tags[MODEL_SHA_TAG] == file_sha256(project / "data/model/model.pt")
+    head = _sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
+    assert run.data.tags[tracking.GIT_COMMIT_TAG] == head
+    assert run.data.tags[tracking.DATA_TAG] == dataset_digest(project / "data/mnist")
+    assert tracking.EXP_NAME_TAG not in run.data.tags  # a plain `dvc repro` is no experiment
     history = client.get_metric_history(run.info.run_id, "test_loss")
     assert [(m.step, m.value) for m in history] == [
         (1, json.loads((project / "data/metrics/train.json").read_text())["test_loss"])
@@ -153,6 +166,9 @@ def test_the_run_is_recorded_in_mlflow(project):
         "comparison/grid.png",
     } <= artifacts
     assert (project / "mlartifacts").is_dir()  # artifacts live beside the store
+
+    (version,) = client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
+    assert (int(version.version), version.run_id) == (1, run.info.run_id)
 
 
 def test_evaluate_reports_every_metric(project):
@@ -191,7 +207,9 @@ def test_evaluate_reports_every_metric(project):
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
     assert run.data.metrics["eval.iwae_nll"] == pytest.approx(results["iwae_nll"])
-    assert run.data.tags["mnist_vae.promotion"].startswith("not promoted: no version")
+    assert run.data.tags[tracking.PROMOTION_TAG].startswith("version 1 promoted to champion")
+    champion = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "champion")
+    assert int(champion.version) == 1
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
         "evaluation/traversal.png", "evaluation/interpolation.png", "evaluation/latent_map.png"
     }  # fmt: skip
@@ -231,6 +249,7 @@ def _run_notebook(project: Path, env: dict[str, str], extra_cell: str) -> list[s
 
 def test_the_explorer_notebook_runs_against_the_model(project):
     project, env, _ = project
+    env = {**env, "MNIST_VAE_MODEL": "workspace"}
     # Drive the widgets as a user would: move a slider, pick another test digit.
     texts = _run_notebook(project, env, (
         "before = decode_sliders().copy()\n"
@@ -248,17 +267,8 @@ def test_the_explorer_notebook_runs_against_the_model(project):
     assert "explored 10 sliders" in texts[-1]
 
 
-def test_a_registered_champion_is_promoted_and_explored(project):
+def test_the_notebook_explores_the_registry_champion(project):
     project, env, _ = project
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
-    client.create_registered_model(tracking.REGISTERED_MODEL)
-    client.create_model_version(
-        tracking.REGISTERED_MODEL, f"{run.info.artifact_uri}/{tracking.MODEL_FILES}",
-        run_id=run.info.run_id,
-    )  # fmt: skip
-    assert "promoted to champion" in tracking.promote_if_better(run.info.run_id)
     (project / "data/model/model.pt").rename(project / "model.pt.away")  # only the registry has it
     try:
         texts = _run_notebook(project, env, "print(decode_sliders().shape)")
@@ -268,14 +278,128 @@ def test_a_registered_champion_is_promoted_and_explored(project):
     assert "(28, 28)" in texts[-1]
 
 
-def test_experiment_with_a_larger_latent_then_nothing_to_reproduce(project):
+def test_the_registered_model_loads_and_predicts_in_a_fresh_process(project, tmp_path):
     project, env, _ = project
-    _sh("dvc", "exp", "run", "-S", "latent_dim=16", cwd=project, env=env)
+    script = tmp_path / "client.py"
+    script.write_text(FRESH_PROCESS_CLIENT)
+    # Run from an empty folder: the model brings its own copy of the package (code_paths).
+    client = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=_store_env(project, env),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert client.returncode == 0, client.stderr
+    result = json.loads(client.stdout.strip().splitlines()[-1])
+    assert result["decode"] == [[3, 28, 28], True]
+    assert result["encode"] == [[2, 10], [2, 10]]
+    assert result["reconstruct"] == [[2, 28, 28], True]
+    assert result["sample"] == [[5, 28, 28], True]
+    assert "/artifacts/code/mnist_vae/" in result["package"]
+
+
+def test_mlflow_models_serve_answers_every_mode_and_refuses_bad_requests(project):
+    project, env, _ = project
+    port = _free_port()
+    with _server(
+        ["mlflow", "models", "serve", "-m", "models:/mnist-vae/latest", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}/ping", cwd=project, env=_store_env(project, env),
+    ):  # fmt: skip
+        url = f"http://127.0.0.1:{port}/invocations"
+        image = [[0.5] * 28] * 28
+        status, body = _post(url, {"inputs": [[0.0] * 10] * 3, "params": {"mode": "decode"}})
+        assert status == 200 and np.array(body["predictions"]).shape == (3, 28, 28)
+        status, body = _post(url, {"inputs": [image] * 2, "params": {"mode": "encode"}})
+        assert status == 200 and np.array(body["predictions"]["mean"]).shape == (2, 10)
+        status, body = _post(url, {"inputs": [image], "params": {"mode": "reconstruct"}})
+        assert status == 200 and np.array(body["predictions"]).shape == (1, 28, 28)
+        request = {"inputs": [], "params": {"mode": "sample", "n": 4, "seed": 7}}
+        status, body = _post(url, request)
+        assert status == 200 and np.array(body["predictions"]).shape == (4, 28, 28)
+        assert _post(url, request) == (status, body)  # same seed, same images
+
+        bad = {
+            "wrong latent size": ({"inputs": [[0.0] * 9]}, "latent vectors of shape n x 10"),
+            "wrong shape": (
+                {"inputs": [[0.0] * 27] * 28, "params": {"mode": "encode"}},
+                "n x 28 x 28",
+            ),
+            "NaN": ({"inputs": [[0.0] * 9 + [float("nan")]]}, "NaN or infinite"),
+            "unknown mode": ({"inputs": [[0.0] * 10], "params": {"mode": "dream"}}, "unknown mode"),
+            "too many rows": ({"inputs": [[0.0] * 10] * 1025}, "at most 1024"),
+            "too many samples": (
+                {"inputs": [], "params": {"mode": "sample", "n": 5000}},
+                "at most 1024",
+            ),
+            "malformed JSON": (b'{"inputs": [[0.0, ', "JSON"),
+        }
+        for name, (request, message) in bad.items():
+            status, body = _post(url, request)
+            assert status == 400, name
+            assert message in body["message"], (name, body["message"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=10) as answer:
+            assert answer.status == 200
+
+
+def test_the_mlflow_ui_shows_the_run_in_headless_chromium(project, tmp_path):
+    project, env, _ = project
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("mnist-vae").experiment_id
+    port = _free_port()
+    with _server(
+        ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}/health", cwd=project, env=env,
+    ):  # fmt: skip
+        page = f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs"
+        browser = [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,900", "--virtual-time-budget=20000",
+        ]  # fmt: skip
+        dom = subprocess.run(
+            [*browser, "--dump-dom", page], capture_output=True, text=True, timeout=180
+        ).stdout
+        screenshot = tmp_path / "mlflow-ui.png"
+        subprocess.run(
+            [*browser, f"--screenshot={screenshot}", page], capture_output=True, timeout=180
+        )
+    assert "z10-conv-e1-seed0" in dom, dom[-2000:]
+    with Image.open(screenshot) as image:
+        assert image.size == (1400, 900)
+    print(f"MLflow UI screenshot: {screenshot}")
+
+
+def test_a_queued_experiment_lands_in_the_same_store_then_nothing_to_reproduce(project):
+    project, env, _ = project
+    _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=16", "-n", "wide", cwd=project, env=env)
+    _sh("dvc", "exp", "run", "--run-all", cwd=project, env=env)  # in a copy under .dvc/tmp/exps
+    assert "wide" in _sh("dvc", "exp", "show", "--csv", cwd=project, env=env)
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    runs = client.search_runs(
+        [client.get_experiment_by_name("mnist-vae").experiment_id],
+        filter_string=f"tags.`{tracking.EXP_NAME_TAG}` = 'wide'",
+    )
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "wide: z16-conv-e1-seed0"
+    assert run.data.params["latent_dim"] == "16"
+    assert "eval.iwae_nll" in run.data.metrics  # evaluate found the queued run too
+    versions = client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
+    assert {int(v.version): v.run_id for v in versions}[2] == run.info.run_id
+
+    _sh("dvc", "exp", "apply", "wide", cwd=project, env=env)
     model = load_model(project / "data/model")
     assert model.config.latent_dim == 16
     mean, logvar = model.encode(torch.rand(2, 1, 28, 28))
     assert mean.shape == logvar.shape == (2, 16)
-    assert "latent_dim" in _sh("dvc", "exp", "show", "--csv", cwd=project, env=env)
 
     output = _sh("dvc", "repro", cwd=project, env=env)
     assert _stages_run(output) == []
@@ -284,3 +408,76 @@ def test_experiment_with_a_larger_latent_then_nothing_to_reproduce(project):
     output = _sh("dvc", "repro", cwd=project, env=env)
     assert _stages_run(output) == ["generate"]
     assert len(list((project / "data/generated/samples").glob("*.png"))) == 3
+
+
+FRESH_PROCESS_CLIENT = """
+import json
+import mlflow
+import numpy as np
+
+model = mlflow.pyfunc.load_model("models:/mnist-vae/latest")
+images = np.random.default_rng(0).random((2, 28, 28), dtype=np.float32)
+def check(out):
+    return [list(out.shape), bool(0 <= out.min() <= out.max() <= 1)]
+decoded = model.predict(np.zeros((3, 10), np.float32), params={"mode": "decode"})
+encoded = model.predict(images, params={"mode": "encode"})
+import mnist_vae
+print(json.dumps({
+    "decode": check(decoded),
+    "encode": [list(encoded["mean"].shape), list(encoded["logvar"].shape)],
+    "reconstruct": check(model.predict(images, params={"mode": "reconstruct"})),
+    "sample": check(model.predict([], params={"mode": "sample", "n": 5, "seed": 0})),
+    "package": mnist_vae.__file__,
+}))
+"""
+
+
+def _store_env(project: Path, env: dict[str, str]) -> dict[str, str]:
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _server(command: list[str], ready_url: str, cwd: Path, env: dict[str, str]):
+    """Start a server, wait until ``ready_url`` answers 200, stop it (and its workers) after."""
+    log = cwd / f"server-{Path(command[0]).name}-{command[1]}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, f"server exited:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(ready_url, timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
+            time.sleep(0.5)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _post(url: str, payload: dict | bytes) -> tuple[int, dict]:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

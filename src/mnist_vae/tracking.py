@@ -4,12 +4,18 @@ The train stage opens the run and tags it with the sha256 of the weights it
 wrote. Later stages find that run from the weights file they read, so every
 image and metric of a model lands in the model's own run, while the pipeline's
 outputs (and so ``dvc.lock``) stay free of run ids that would differ each time.
+
+The default store is ``mlflow.db`` at the DVC repository's root, as an absolute
+path: DVC gives every stage ``$DVC_ROOT``, and for ``dvc exp run --queue`` /
+``--temp`` (which run in a copy under ``.dvc/tmp/exps``) it points at the
+original repository, so those runs land in the same store as workspace runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +32,9 @@ MODEL_FILES = "model_files"  # the run's artifact folder holding model.pt and co
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 MODEL_SHA_TAG = "mnist_vae.model_sha256"
+DATA_TAG = "mnist_vae.data"  # checksum of the MNIST files the model was trained on
+EXP_NAME_TAG = "dvc.exp_name"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own name for it
 
 
 def file_sha256(path: str | Path) -> str:
@@ -36,14 +45,49 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def tracking_uri(root: str | Path = ".") -> str:
+def project_root() -> Path:
+    """The DVC repository's root (``$DVC_ROOT``, set by DVC for each stage), else the cwd."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def tracking_uri(root: str | Path | None = None) -> str:
     """``$MLFLOW_TRACKING_URI`` when set, else the SQLite store at ``root``, as an absolute path."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{(Path(root).resolve() / STORE_FILE).as_posix()}"
+    root = project_root() if root is None else Path(root).resolve()
+    return uri or f"sqlite:///{(root / STORE_FILE).as_posix()}"
 
 
-def configure(root: str | Path = ".") -> str:
+def git_commit(cwd: str | Path = ".") -> str | None:
+    """The checked-out commit, or None outside a Git repository."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=30
+        )
+    except OSError:  # no git
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def run_tags(data_checksum: str) -> dict[str, str]:
+    """What tells a training run's inputs apart: the data, the commit, the DVC experiment."""
+    tags = {DATA_TAG: data_checksum}
+    if commit := git_commit():
+        tags[GIT_COMMIT_TAG] = commit
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        tags[EXP_NAME_TAG] = exp_name
+    return tags
+
+
+def run_name(latent_dim: int, arch: str, epochs: int, seed: int) -> str:
+    """``z10-conv-e10-seed0``, prefixed by the DVC experiment's name when there is one."""
+    name = f"z{latent_dim}-{arch}-e{epochs}-seed{seed}"
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    return f"{exp_name}: {name}" if exp_name else name
+
+
+def configure(root: str | Path | None = None) -> str:
     """Point MLflow at the project's store and experiment; return the experiment id."""
+    root = project_root() if root is None else Path(root).resolve()
     own_store = "MLFLOW_TRACKING_URI" not in os.environ  # set_tracking_uri exports it
     mlflow.set_tracking_uri(tracking_uri(root))
     experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
@@ -52,7 +96,7 @@ def configure(root: str | Path = ".") -> str:
     else:
         # With the default local store, keep artifacts beside it rather than in
         # whatever folder the first run happened to start from.
-        location = (Path(root).resolve() / ARTIFACT_DIR).as_uri() if own_store else None
+        location = (root / ARTIFACT_DIR).as_uri() if own_store else None
         experiment_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
@@ -70,7 +114,7 @@ def find_model_run(weights: str | Path) -> str | None:
 
 
 @contextmanager
-def model_run(weights: str | Path, root: str | Path = ".") -> Iterator[mlflow.ActiveRun]:
+def model_run(weights: str | Path, root: str | Path | None = None) -> Iterator[mlflow.ActiveRun]:
     """Re-open the run that trained ``weights``; start one tagged with them if the store lacks it
     (e.g. after ``dvc pull`` on another machine), so nothing is logged to an unrelated run."""
     configure(root)
@@ -129,10 +173,11 @@ def promote_if_better(run_id: str, name: str = REGISTERED_MODEL) -> str:
     return decision
 
 
-def champion_model_files(dest: str | Path, root: str | Path = ".") -> Path | None:
+def champion_model_files(dest: str | Path, root: str | Path | None = None) -> Path | None:
     """Download the model folder of the registry's champion into ``dest``; None when there is
     no store, no registered model or no champion (nothing is created in that case)."""
-    if "MLFLOW_TRACKING_URI" not in os.environ and not (Path(root) / STORE_FILE).exists():
+    root = project_root() if root is None else Path(root)
+    if "MLFLOW_TRACKING_URI" not in os.environ and not (root / STORE_FILE).exists():
         return None
     mlflow.set_tracking_uri(tracking_uri(root))
     champion = _champion(mlflow.MlflowClient(), REGISTERED_MODEL)
