@@ -78,6 +78,9 @@ def _check_rows(n: int, what: str) -> None:
 class VAEPyfunc(mlflow.pyfunc.PythonModel):
     """decode / encode / reconstruct / sample, chosen by the request's ``mode`` param."""
 
+    # Inputs differ by mode, so no type hint can describe them: the model checks them itself,
+    # and MLflow is told not to derive a schema from ``predict``'s (absent) type hints.
+    _skip_type_hint_validation = True
     model: ConvVAE
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
@@ -128,7 +131,7 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self,
         context: mlflow.pyfunc.PythonModelContext | None,
-        model_input,  # no type hint: MLflow would turn it into an input schema
+        model_input: Any,
         params: dict[str, Any] | None = None,
     ) -> np.ndarray | dict[str, np.ndarray]:
         params = params or {}
