@@ -6,11 +6,13 @@ data/metrics/train.json (dvc metrics), data/metrics/train_history.csv (dvc plots
 """
 
 import json
+import resource
 import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 
 from mnist_vae import tracking
 from mnist_vae.checkpoint import WEIGHTS_FILE
@@ -19,7 +21,7 @@ from mnist_vae.model import VAEConfig, save_model
 from mnist_vae.params import ParamsError, load_params
 from mnist_vae.serving import log_pyfunc_model
 from mnist_vae.stage import run
-from mnist_vae.training import fit, seeded_model
+from mnist_vae.training import fit, resolve_device, seeded_model
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
@@ -36,7 +38,12 @@ def main() -> None:
             f"params.yaml: train.batch_size = {params.train.batch_size} is larger than the "
             f"{len(train_x)} training images; expected at most {len(train_x)}"
         )
-    print(f"train: {len(train_x)} training images, {len(test_x)} test images", flush=True)
+    device = resolve_device(params.train.device)
+    print(
+        f"train: {len(train_x)} training images, {len(test_x)} test images, on {device}"
+        + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""),
+        flush=True,
+    )
 
     model = seeded_model(
         VAEConfig(latent_dim=params.latent_dim, arch=params.model.arch), params.seed
@@ -56,13 +63,23 @@ def main() -> None:
             recon=params.train.loss,
             seed=params.seed,
             binarize=params.data.binarize == "dynamic",
+            schedule=params.train.schedule,
+            device=device,
+            cuda_batch_scale=params.train.cuda_batch_scale,
+            bf16=params.train.bf16,
+            compile=params.train.compile,
             on_epoch=lambda m: mlflow.log_metrics(
                 {k: v for k, v in m.as_dict().items() if k != "epoch"}, step=m.epoch
             ),
         )
         seconds = time.perf_counter() - start
-        mlflow.log_metric("train_seconds", seconds)
-        print(f"train: {params.train.epochs} epochs in {seconds:.1f} s", flush=True)
+        peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        mlflow.log_metrics({"train_seconds": seconds, "peak_rss_mib": peak_rss_mib})
+        print(
+            f"train: {params.train.epochs} epochs in {seconds:.1f} s, "
+            f"peak memory {peak_rss_mib:.0f} MiB",
+            flush=True,
+        )
 
         save_model(model, MODEL_DIR)
         METRICS.parent.mkdir(parents=True, exist_ok=True)

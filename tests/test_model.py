@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from mnist_vae.checkpoint import CONFIG_FILE
-from mnist_vae.model import VAEConfig, build_model, load_model, save_model
+from mnist_vae.model import ARCHITECTURES, VAEConfig, build_model, load_model, save_model
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("latent_dim", [1, 2, 10, 16])
-def test_shapes_follow_the_config(latent_dim):
-    model = build_model(VAEConfig(latent_dim=latent_dim))
+def test_shapes_follow_the_config(latent_dim, arch):
+    model = build_model(VAEConfig(latent_dim=latent_dim, arch=arch))
     x = torch.rand(3, 1, 28, 28)
     mean, logvar = model.encode(x)
     assert mean.shape == logvar.shape == (3, latent_dim)
@@ -18,20 +19,63 @@ def test_shapes_follow_the_config(latent_dim):
     assert model.decode(torch.randn(5, latent_dim)).shape == (5, 1, 28, 28)
 
 
-def test_encoder_is_the_original_layer_table():
-    model = build_model(VAEConfig())
-    convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
+def _layers(modules, kind):
+    return [(m.out_channels, m.kernel_size[0], m.stride[0]) for m in modules if isinstance(m, kind)]
+
+
+def test_conv_is_the_original_layer_table_mirrored():
+    model = build_model(VAEConfig(arch="conv"))
+    assert _layers(model.encoder, torch.nn.Conv2d) == [
         (16, 7, 1),
         (32, 5, 2),
         (64, 3, 2),
         (128, 3, 1),
     ]
     assert model.feature_shape == (128, 7, 7)
+    assert _layers(model.decoder, torch.nn.ConvTranspose2d) == [
+        (64, 3, 1), (32, 3, 2), (16, 5, 2), (1, 7, 1)
+    ]  # fmt: skip
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.encoder)
 
 
-def test_other_image_sizes_need_no_code_change():
-    model = build_model(VAEConfig(image_size=32, in_channels=3, latent_dim=4))
+def test_fast_halves_twice_and_adds_a_dense_layer():
+    model = build_model(VAEConfig(arch="fast"))
+    assert VAEConfig().arch == "fast"
+    assert _layers(model.encoder, torch.nn.Conv2d) == [(32, 4, 2), (64, 4, 2)]
+    assert model.feature_shape == (64, 7, 7)
+    dense = [
+        (m.in_features, m.out_features) for m in model.encoder if isinstance(m, torch.nn.Linear)
+    ]
+    assert dense == [(64 * 7 * 7, 256)]
+    assert model.to_mean.in_features == 256
+    # about a third of the original's multiply-adds per image
+    fast, conv = (_macs(build_model(VAEConfig(arch=a))) for a in ("fast", "conv"))
+    assert fast < conv / 2.5
+
+
+def _macs(model) -> int:
+    """Multiply-adds of one forward pass on one image, counted with forward hooks."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Linear):
+            total += module.in_features * module.out_features
+        elif isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            per_position = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            spatial = (output if isinstance(module, torch.nn.Conv2d) else inputs[0]).shape[-2:]
+            total += per_position * module.out_channels * spatial.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    model(torch.rand(1, 1, 28, 28))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_other_image_sizes_need_no_code_change(arch):
+    model = build_model(VAEConfig(image_size=32, in_channels=3, latent_dim=4, arch=arch))
     x = torch.rand(2, 3, 32, 32)
     assert model(x)[0].shape == x.shape
 

@@ -51,6 +51,11 @@ def test_ints_are_accepted_for_floats():
         ({"model": {"arch": "resnet"}}, "model.arch = 'resnet'"),
         ({"generate": 5}, "generate must be a mapping"),
         ({"data": {"train_limit": -1}}, "data.train_limit = -1"),
+        ({"train": {"bf16": "yes"}}, "train.bf16 = 'yes' is not true or false"),
+        ({"train": {"compile": 1}}, "train.compile = 1 is not true or false"),
+        ({"train": {"device": "tpu"}}, "train.device = 'tpu'"),
+        ({"train": {"schedule": "step"}}, "train.schedule = 'step'"),
+        ({"train": {"cuda_batch_scale": 0}}, "train.cuda_batch_scale = 0"),
     ],
 )
 def test_bad_values_name_the_key_and_value(raw, fragment):
@@ -62,7 +67,8 @@ def test_bad_values_name_the_key_and_value(raw, fragment):
 def test_flat_uses_dvc_dotted_names():
     flat = Params().flat()
     assert flat["latent_dim"] == 10
-    assert flat["train.lr"] == 1e-3
+    assert flat["train.lr"] == 3e-3
+    assert flat["train.bf16"] is False
     assert flat["generate.n_samples"] == 64
 
 

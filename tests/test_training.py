@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from mnist_vae.model import VAEConfig
-from mnist_vae.training import evaluate, fit, seeded_model
+from mnist_vae.training import evaluate, fit, lr_schedule, resolve_device, seeded_model
 
 
 def _train(seed: int, images: torch.Tensor):
@@ -54,3 +55,54 @@ def test_evaluate_is_deterministic_and_size_weighted():
     whole = evaluate(model, images, batch_size=64)["loss"]
     split = evaluate(model, images, batch_size=40)["loss"]
     assert abs(whole - split) / whole < 0.05
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_and_constant_stays():
+    def lrs(schedule: str) -> list[float]:
+        optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.004)
+        scheduler = lr_schedule(optimizer, schedule, total_steps=4)
+        seen = []
+        for _ in range(5):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    assert lrs("cosine") == pytest.approx(
+        [0.004, 0.004 * (1 + 2**-0.5) / 2, 0.002, 0.004 * (1 - 2**-0.5) / 2, 0.0]
+    )
+    assert lrs("constant") == [0.004] * 5
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        lrs("step")
+
+
+def test_the_schedule_changes_training():
+    images = _images()
+    constant = seeded_model(VAEConfig(latent_dim=4), 0)
+    cosine = seeded_model(VAEConfig(latent_dim=4), 0)
+    for model, schedule in ((constant, "constant"), (cosine, "cosine")):
+        fit(model, images, images, epochs=2, batch_size=16, lr=1e-3, schedule=schedule,
+            progress=False)  # fmt: skip
+    assert not torch.equal(constant.to_mean.weight, cosine.to_mean.weight)
+
+
+def test_device_auto_picks_cuda_only_when_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match=r"no CUDA device; set train\.device to 'auto' or 'cpu'"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_bf16_autocast_trains_with_a_float32_loss():
+    images = _images()
+    model = seeded_model(VAEConfig(latent_dim=4), 0)
+    history = fit(model, images[:48], images[48:], epochs=1, batch_size=16, lr=1e-3, bf16=True,
+                  progress=False)  # fmt: skip
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.isfinite(torch.tensor(history[0].train_loss))
+    plain = seeded_model(VAEConfig(latent_dim=4), 0)
+    fit(plain, images[:48], images[48:], epochs=1, batch_size=16, lr=1e-3, progress=False)
+    assert not torch.equal(plain.to_mean.weight, model.to_mean.weight)  # bf16 did run

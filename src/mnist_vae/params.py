@@ -20,6 +20,7 @@ import yaml
 from .data import BINARIZATIONS
 from .losses import LOSSES
 from .model import ARCHITECTURES
+from .training import DEVICES, SCHEDULES
 
 
 class ParamsError(ValueError):
@@ -53,16 +54,28 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: str = one_of(ARCHITECTURES, "conv")
+    arch: str = one_of(ARCHITECTURES, "fast")
+    """``fast``: two 4x4 stride-2 convolutions and a dense layer; ``conv``: the original's"""
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = at_least(1, 10)
+    epochs: int = at_least(1, 30)
     batch_size: int = at_least(1, 128)
-    lr: float = above(0, 1e-3)
+    lr: float = above(0, 3e-3)
+    """Adam's learning rate (the peak, with the cosine schedule)"""
+    schedule: str = one_of(SCHEDULES, "cosine")
+    """``cosine``: lr decays to 0 over all steps; ``constant``"""
     loss: str = one_of(LOSSES, "bce")
     """``bce``: Bernoulli negative ELBO in nats; ``mse``: the original's squared error."""
+    device: str = one_of(DEVICES, "auto")
+    """``auto``: CUDA when available, else the CPU"""
+    cuda_batch_scale: int = at_least(1, 4)
+    """on CUDA only: batch_size times this, lr times its square root"""
+    bf16: bool = False
+    """on CUDA: bfloat16 autocast"""
+    compile: bool = False
+    """``torch.compile`` the network (pays off on GPUs)"""
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,10 @@ class Params:
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
     """Check a scalar against its declared type; ints are accepted where floats are."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"params.yaml: {key} = {value!r} is not true or false")
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, kind):

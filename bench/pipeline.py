@@ -1,0 +1,92 @@
+"""The pipeline's own figures against the targets: the default run's training time, test
+negative ELBO and peak memory, and how fast `dvc repro` returns when nothing changed.
+
+Training time and peak memory (RSS) are what the train stage measured and logged to the
+model's MLflow run (found by the weights' sha256, as the later stages find it); the test
+negative ELBO is the stage's DVC metric. ``--repro`` first runs ``dvc repro --force`` and
+times the whole pipeline. Then ``dvc repro`` with nothing to do is timed three times.
+
+    python bench/pipeline.py              # figures of the last `dvc repro`
+    python bench/pipeline.py --repro      # run the whole pipeline first (about 10 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+
+from mnist_vae import tracking
+from mnist_vae.checkpoint import WEIGHTS_FILE
+
+WEIGHTS = Path("data/model") / WEIGHTS_FILE
+TRAIN_METRICS = Path("data/metrics/train.json")
+EVAL_METRICS = Path("data/metrics/evaluate.json")
+
+
+def check(label: str, value: float, limit: float, unit: str) -> bool:
+    ok = value <= limit
+    print(f"{label:38s} {value:9.2f} {unit:8s} target <= {limit:g}  {'ok' if ok else 'MISSED'}")
+    return ok
+
+
+def dvc_repro(*args: str) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(["dvc", "repro", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"dvc repro {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return seconds, result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repro", action="store_true", help="run `dvc repro --force` first")
+    args = parser.parse_args()
+
+    if args.repro:
+        print("running dvc repro --force ...", flush=True)
+        seconds, _ = dvc_repro("--force")
+        print(f"dvc repro --force (every stage): {seconds:.0f} s", flush=True)
+    if not WEIGHTS.exists():
+        sys.exit("no trained model in data/model: run `dvc repro` (or this with --repro) first")
+
+    tracking.configure()
+    run_id = tracking.find_model_run(WEIGHTS)
+    if run_id is None:
+        sys.exit(f"no MLflow run trained {WEIGHTS}: run `dvc repro --force train` to record one")
+    run = mlflow.get_run(run_id)
+    train = json.loads(TRAIN_METRICS.read_text())
+    print(f"model run {run.info.run_name} ({run_id}); "
+          f"params: {run.data.params['model.arch']}, z={run.data.params['latent_dim']}, "
+          f"{run.data.params['train.epochs']} epochs\n")  # fmt: skip
+
+    results = [
+        check("training time", run.data.metrics["train_seconds"], 600, "s"),
+        check("test negative ELBO", train["test_loss"], 97, "nats"),
+        check("train stage peak memory (RSS)", run.data.metrics["peak_rss_mib"], 2048, "MiB"),
+    ]
+    if EVAL_METRICS.exists():
+        iwae = json.loads(EVAL_METRICS.read_text())["iwae_nll"]
+        print(f"{'(evaluate: IWAE NLL, for reference)':38s} {iwae:9.2f} nats")
+
+    times, ran = [], []
+    for _ in range(3):
+        seconds, output = dvc_repro()
+        times.append(seconds)
+        ran += re.findall(r"Running stage '(\w+)'", output)
+    if ran:
+        print(f"note: `dvc repro` was not a no-op; it ran {sorted(set(ran))}")
+    results.append(check("`dvc repro` with nothing changed", statistics.median(times), 3, "s"))
+    print(f"\n{sum(results)} of {len(results)} targets met")
+
+
+if __name__ == "__main__":
+    main()
