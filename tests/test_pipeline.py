@@ -142,7 +142,7 @@ def test_the_run_is_recorded_in_mlflow(project):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "z10-conv-e1-seed0"
+    assert run.info.run_name == "z10-fast-e1-seed0"
     assert run.data.params["latent_dim"] == "10"
     assert run.data.params["train.epochs"] == "1"
     assert run.data.tags[MODEL_SHA_TAG] == file_sha256(project / "data/model/model.pt")
@@ -369,7 +369,7 @@ def test_the_mlflow_ui_shows_the_run_in_headless_chromium(project, tmp_path):
         subprocess.run(
             [*browser, f"--screenshot={screenshot}", page], capture_output=True, timeout=180
         )
-    assert "z10-conv-e1-seed0" in dom, dom[-2000:]
+    assert "z10-fast-e1-seed0" in dom, dom[-2000:]
     with Image.open(screenshot) as image:
         assert image.size == (1400, 900)
     print(f"MLflow UI screenshot: {screenshot}")
@@ -389,7 +389,7 @@ def test_a_queued_experiment_lands_in_the_same_store_then_nothing_to_reproduce(p
     )
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name == "wide: z16-conv-e1-seed0"
+    assert run.info.run_name == "wide: z16-fast-e1-seed0"
     assert run.data.params["latent_dim"] == "16"
     assert "eval.iwae_nll" in run.data.metrics  # evaluate found the queued run too
     versions = client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
