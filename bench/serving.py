@@ -1,0 +1,99 @@
+"""Latency of the served model: `mlflow models serve` on 127.0.0.1, `decode` requests of 64
+latent vectors (JSON over HTTP, as the README's curl), timed one after another.
+
+    python bench/serving.py                          # models:/mnist-vae/latest, 200 requests
+    python bench/serving.py --model models:/mnist-vae@champion --requests 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+
+from mnist_vae import tracking
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, payload: dict) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=f"models:/{tracking.REGISTERED_MODEL}/latest")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--rows", type=int, default=64, help="latent vectors per request")
+    args = parser.parse_args()
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    port = free_port()
+    command = ["mlflow", "models", "serve", "-m", args.model, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    print(" ".join(command), flush=True)
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        started = time.perf_counter()
+        while True:
+            if server.poll() is not None:
+                sys.exit(f"the server exited with code {server.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
+                    break
+            except OSError:
+                time.sleep(0.25)
+        print(f"server ready in {time.perf_counter() - started:.1f} s", flush=True)
+
+        url = f"http://127.0.0.1:{port}/invocations"
+        probe = json.loads(post(url, {"inputs": [], "params": {"mode": "sample", "n": 1}})[1])
+        assert np.array(probe["predictions"]).shape == (1, 28, 28), probe
+        latent_dim = mlflow.pyfunc.load_model(args.model).unwrap_python_model().latent_dim
+        z = np.random.default_rng(0).standard_normal((args.rows, latent_dim)).round(4).tolist()
+        payload = {"inputs": z, "params": {"mode": "decode"}}
+        for _ in range(10):  # warm-up
+            post(url, payload)
+        times = []
+        for _ in range(args.requests):
+            start = time.perf_counter()
+            status, body = post(url, payload)
+            times.append(time.perf_counter() - start)
+            assert status == 200, body[:500]
+        shape = np.array(json.loads(body)["predictions"]).shape
+        ms = sorted(t * 1000 for t in times)
+        print(f"decode, {args.rows} latent vectors of {latent_dim} -> {shape}, "
+              f"{args.requests} requests one after another:")  # fmt: skip
+        print(f"  median {statistics.median(ms):.1f} ms, p90 {ms[int(0.9 * len(ms))]:.1f} ms, "
+              f"min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms; "
+              f"{len(ms) / sum(times):.1f} requests/s", flush=True)  # fmt: skip
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
