@@ -1,10 +1,16 @@
-import pickle
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from mnist_vae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from mnist_vae.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from mnist_vae.model import VAEConfig, build_model, load_model, save_model
 
 
 @dataclass(frozen=True)
@@ -29,5 +35,51 @@ def test_round_trip(tmp_path):
 def test_weights_are_never_unpickled(tmp_path):
     save_checkpoint(tmp_path, _Config(), {"weight": torch.zeros(1)})
     torch.save({"weight": _Payload()}, tmp_path / WEIGHTS_FILE)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="Python objects besides tensors") as error:
         load_checkpoint(tmp_path)
+    assert "dvc repro" in str(error.value)
+
+
+def _vae_folder(tmp_path, latent_dim=3):
+    torch.manual_seed(0)
+    return save_model(build_model(VAEConfig(latent_dim=latent_dim)), tmp_path / "model")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda f: (f / WEIGHTS_FILE).write_bytes((f / WEIGHTS_FILE).read_bytes()[:1000]),
+            "cannot be read (truncated or not a PyTorch weights file",
+        ),
+        (
+            lambda f: (f / WEIGHTS_FILE).write_bytes(b"GIF89a" + bytes(range(256)) * 8),
+            "cannot be read (truncated or not a PyTorch weights file",
+        ),
+        (lambda f: (f / WEIGHTS_FILE).unlink(), "model.pt is missing"),
+        (lambda f: (f / CONFIG_FILE).write_text("{latent_dim: 3"), "config.json is not valid JSON"),
+        (lambda f: (f / CONFIG_FILE).write_text("[3]"), "config.json holds no JSON object"),
+        (lambda f: torch.save([torch.zeros(2)], f / WEIGHTS_FILE), "holds no state_dict"),
+        (
+            lambda f: (f / CONFIG_FILE).write_text('{"latent_dim": 3, "arch": "resnet"}'),
+            "does not describe a model this code can build (unknown architecture 'resnet'",
+        ),
+        (
+            lambda f: (f / CONFIG_FILE).write_text('{"latent_dim": 3, "depth": 9}'),
+            "does not describe a model this code can build",
+        ),
+        (lambda f: save_model(build_model(VAEConfig(latent_dim=5)), f), None),  # foreign weights
+    ],
+)
+def test_a_damaged_or_foreign_model_folder_gives_one_clear_error(tmp_path, damage, message):
+    folder = _vae_folder(tmp_path)
+    if message is None:  # weights of a 5-d model under the 3-d model's config
+        other = _vae_folder(tmp_path / "other", latent_dim=5)
+        (folder / WEIGHTS_FILE).write_bytes((other / WEIGHTS_FILE).read_bytes())
+        message = "model.pt does not fit the model its config.json describes (Error(s) in loading"
+    else:
+        damage(folder)
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value) and "dvc" in str(error.value)

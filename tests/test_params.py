@@ -1,7 +1,11 @@
+import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnist_vae.params import Params, ParamsError, load_params, parse_params
 
@@ -78,3 +82,78 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "params.yaml").write_text("latent_dim: [1,\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+# Random params: every field of every group gets values of every kind, and unknown keys
+# appear beside known ones. The validator must either accept (and then every field holds a
+# value its rule allows) or refuse with one ParamsError line naming a key; nothing else.
+_ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+    st.sampled_from(["none", "dynamic", "fast", "conv", "bce", "mse", "cosine", "auto", "cpu"]),
+    st.lists(st.integers(), max_size=2),
+)  # fmt: skip
+
+
+def _valid(f: dataclasses.Field) -> st.SearchStrategy:
+    """Values the field's rule allows."""
+    rules, kind = f.metadata, type(f.default)
+    if "choices" in rules:
+        return st.sampled_from(rules["choices"])
+    if kind is bool:
+        return st.booleans()
+    low = rules.get("min", rules.get("above", 0))
+    if kind is int:
+        return st.integers(low + ("above" in rules), low + 1000)
+    return st.floats(low, low + 10.0, exclude_min="above" in rules)
+
+
+@st.composite
+def _field_value(draw, f: dataclasses.Field):
+    if dataclasses.is_dataclass(
+        f.default_factory if f.default_factory is not dataclasses.MISSING else None
+    ):
+        return draw(_group(f.default_factory))
+    return draw(_ANY_VALUE) if draw(st.integers(0, 19)) == 0 else draw(_valid(f))
+
+
+@st.composite
+def _group(draw, cls) -> dict:
+    if draw(st.integers(0, 29)) == 0:
+        return draw(_ANY_VALUE)  # not even a mapping
+    raw = {f.name: draw(_field_value(f)) for f in dataclasses.fields(cls) if draw(st.booleans())}
+    if draw(st.integers(0, 19)) == 0:
+        raw[draw(st.text(max_size=6))] = draw(_ANY_VALUE)  # an unknown key
+    return raw
+
+
+def _raw_params():
+    return _group(Params)
+
+
+def _allowed(value, rules) -> bool:
+    if "choices" in rules:
+        return value in rules["choices"]
+    if "min" in rules:
+        return math.isfinite(value) and value >= rules["min"]
+    if "above" in rules:
+        return math.isfinite(value) and value > rules["above"]
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(_raw_params())
+def test_random_params_are_accepted_only_when_valid(raw):
+    try:
+        params = parse_params(raw)
+    except ParamsError as error:
+        message = str(error)
+        assert message.startswith("params.yaml: ") and "\n" not in message
+        return
+    for group in (params, *(getattr(params, f.name) for f in dataclasses.fields(params)
+                            if dataclasses.is_dataclass(getattr(params, f.name)))):  # fmt: skip
+        for f in dataclasses.fields(group):
+            value = getattr(group, f.name)
+            if not dataclasses.is_dataclass(value):
+                assert type(value) is type(f.default), (f.name, value)
+                assert _allowed(value, f.metadata), (f.name, value)

@@ -1,9 +1,12 @@
 """The stage scripts fail fast, with one clear line, before touching any output."""
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +49,31 @@ def test_download_without_any_reachable_source_explains_mnist_mirror(tmp_path):
     assert str(tmp_path / "empty") in result.stderr and "MNIST_MIRROR" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data" / "mnist").exists()
+
+
+def test_a_diverging_training_stops_with_where_and_marks_the_mlflow_run_failed(
+    tmp_path, tiny_mnist
+):
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    for name, payload in tiny_mnist.items():
+        (tmp_path / "data" / "mnist" / name).write_bytes(payload)
+    (tmp_path / "params.yaml").write_text(
+        "train: {epochs: 2, batch_size: 4, lr: 1.0e+30, schedule: constant}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "train.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"train: error: the training loss became (nan|inf|-inf) at epoch \d, batch \d of 3 "
+        r"\(learning rate 1e\+30\); try a lower train\.lr, .*",
+        last,
+    ), last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "model").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
+    assert run.info.status == "FAILED"

@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from mnist_vae.model import VAEConfig
-from mnist_vae.training import evaluate, fit, lr_schedule, resolve_device, seeded_model
+from mnist_vae.training import (
+    TrainingDiverged,
+    evaluate,
+    fit,
+    lr_schedule,
+    resolve_device,
+    seeded_model,
+    train_epoch,
+)
 
 
 def _train(seed: int, images: torch.Tensor):
@@ -106,3 +114,22 @@ def test_bf16_autocast_trains_with_a_float32_loss():
     plain = seeded_model(VAEConfig(latent_dim=4), 0)
     fit(plain, images[:48], images[48:], epochs=1, batch_size=16, lr=1e-3, progress=False)
     assert not torch.equal(plain.to_mean.weight, model.to_mean.weight)  # bf16 did run
+
+
+def test_a_nan_loss_stops_training_with_where_and_what_to_try():
+    images = _images()
+    model = seeded_model(VAEConfig(latent_dim=4), 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        images = images.clone()
+        images[20] = float("nan")  # the second batch of 16 holds it
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(TrainingDiverged) as error:
+        train_epoch(model, optimizer, images, 16, "bce", torch.Generator().manual_seed(0),
+                    progress=False, epoch=3)  # fmt: skip
+    message = str(error.value)
+    assert "the training loss became nan at epoch 3, batch " in message
+    assert " of 4 (learning rate 0.001); try a lower train.lr" in message
+    # the batches before it did train; the poisoned one never reached the weights
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -3,16 +3,21 @@
 One way to write and read them for every network in the project (the VAE, the
 classifier), so a folder always describes itself and weights are only ever read
 with ``torch.load(..., weights_only=True)``: loading never runs pickled code.
+A folder that cannot be loaded (missing, truncated or foreign files, weights that
+do not fit the config) raises :class:`CheckpointError` naming the file and what
+to do, never a traceback from deep inside torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
@@ -28,11 +33,65 @@ def save_checkpoint(folder: str | Path, config: Any, state_dict: dict[str, torch
     return folder
 
 
+Module = TypeVar("Module", bound=nn.Module)
+_RESTORE = "re-create it with `dvc repro` or restore it with `dvc checkout` / `dvc pull`"
+
+
+class CheckpointError(ValueError):
+    """A model folder that cannot be loaded; the message names the file and what to do."""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def load_checkpoint(
     folder: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The config mapping and the state_dict of a model folder."""
     folder = Path(folder)
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing; {_RESTORE}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_path} is not valid JSON ({error}); {_RESTORE}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} holds no JSON object; {_RESTORE}")
+    try:
+        state = torch.load(weights_path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged or foreign file
+        if "Unsupported global" in str(error):  # weights_only refused to build an object
+            reason = "it holds Python objects besides tensors, which are never unpickled"
+        else:
+            reason = f"truncated or not a PyTorch weights file: {type(error).__name__}"
+        raise CheckpointError(f"{weights_path} cannot be read ({reason}); {_RESTORE}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{weights_path} holds no state_dict of tensors; {_RESTORE}")
     return config, state
+
+
+def load_module(
+    folder: str | Path,
+    build: Callable[[dict[str, Any]], Module],
+    map_location: str | torch.device = "cpu",
+) -> Module:
+    """Build a network from a folder's config with ``build`` and load its weights into it."""
+    config, state = load_checkpoint(folder, map_location)
+    try:
+        module = build(config)
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"{Path(folder) / CONFIG_FILE} does not describe a model this code can build "
+            f"({_first_line(error)}); {_RESTORE}"
+        ) from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{Path(folder) / WEIGHTS_FILE} does not fit the model its {CONFIG_FILE} describes "
+            f"({_first_line(error)}); {_RESTORE}"
+        ) from None
+    return module.eval()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_module, save_checkpoint
 from .training import PROGRESS_INTERVAL, batches
 
 
@@ -124,7 +124,4 @@ def save_classifier(model: DigitClassifier, folder: str | Path) -> Path:
 
 
 def load_classifier(folder: str | Path) -> DigitClassifier:
-    config, state = load_checkpoint(folder)
-    model = DigitClassifier(ClassifierConfig(**config))
-    model.load_state_dict(state)
-    return model.eval()
+    return load_module(folder, lambda config: DigitClassifier(ClassifierConfig(**config)))

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_module, save_checkpoint
 
 Layers = tuple[tuple[int, int, int], ...]  # (out_channels, kernel, stride) per encoder layer
 
@@ -173,7 +173,4 @@ def save_model(model: ConvVAE, folder: str | Path) -> Path:
 
 def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> ConvVAE:
     """Rebuild a model from its folder (weights read with ``weights_only=True``)."""
-    config, state = load_checkpoint(folder, map_location)
-    model = build_model(VAEConfig(**config))
-    model.load_state_dict(state)
-    return model.eval()
+    return load_module(folder, lambda config: build_model(VAEConfig(**config)), map_location)

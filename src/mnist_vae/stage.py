@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from .checkpoint import CheckpointError
 from .data import DownloadError
 from .params import ParamsError
+from .training import TrainingDiverged
 
 # Errors whose message tells the user what to do; a traceback would only hide it.
-USER_ERRORS = (ParamsError, DownloadError, FileNotFoundError)
+USER_ERRORS = (ParamsError, DownloadError, CheckpointError, TrainingDiverged, FileNotFoundError)
 
 
 def run(main: Callable[[], object], name: str) -> None:

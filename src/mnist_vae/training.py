@@ -33,6 +33,10 @@ DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message says where and what to try."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA when a GPU is visible, else the CPU."""
     if name == "auto":
@@ -120,13 +124,15 @@ def train_epoch(
     binarize: bool = False,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     bf16: bool = False,
+    epoch: int = 1,
 ) -> dict[str, float]:
     """One pass over ``images`` in a seeded random order; returns per-image means.
 
     With ``binarize``, each grey-level image is re-drawn as Bernoulli pixels every time it
     is seen (dynamic binarisation, as in the binarized-MNIST literature). ``scheduler`` is
     stepped after every batch. ``bf16`` runs the network under bfloat16 autocast (the loss
-    stays in float32)."""
+    stays in float32). A NaN or infinite loss raises :class:`TrainingDiverged` before the
+    step that would spread it into the weights."""
     model.train()
     device = images.device
     order = torch.randperm(len(images), generator=generator, device=device)
@@ -146,6 +152,12 @@ def train_epoch(
             with autocast:
                 logits, mean, logvar = model(x, generator)
             parts = negative_elbo(logits.float(), x, mean.float(), logvar.float(), recon)
+            if not torch.isfinite(parts.total):
+                raise TrainingDiverged(
+                    f"the training loss became {parts.total.item()} at epoch {epoch}, batch "
+                    f"{bar.n + 1} of {n_batches} (learning rate {optimizer.param_groups[0]['lr']:g}"
+                    "); try a lower train.lr, train.schedule: cosine, or train.bf16: false"
+                )
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()
@@ -154,7 +166,7 @@ def train_epoch(
             sums += torch.stack([p.detach() for p in parts]).double() * size
             bar.update()
             if bar.n % 50 == 0:
-                bar.set_postfix(loss=f"{parts.total.item():.2f}")
+                bar.set_postfix(loss=f"{parts.total.item():.2f}", refresh=False)
     return _per_image(sums.cpu(), len(images))
 
 
@@ -208,6 +220,7 @@ def fit(
             binarize=binarize,
             scheduler=scheduler,
             bf16=bf16,
+            epoch=epoch,
         )
         test = evaluate(model, test_images, recon=recon, seed=seed)
         metrics = EpochMetrics(
