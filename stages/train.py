@@ -3,6 +3,8 @@ pyfunc model (a new version of ``mnist-vae`` per training).
 
 Reads: latent_dim, seed, data.*, model.*, train.*   Writes: data/model/,
 data/metrics/train.json (dvc metrics), data/metrics/train_history.csv (dvc plots).
+Checkpoints every epoch to data/checkpoints/train.pt (not a DVC output, git-ignored): a
+re-run after a kill resumes from it, in the same MLflow run, and deletes it when done.
 """
 
 import json
@@ -21,12 +23,20 @@ from mnist_vae.model import VAEConfig, save_model
 from mnist_vae.params import ParamsError, load_params
 from mnist_vae.serving import log_pyfunc_model
 from mnist_vae.stage import run
-from mnist_vae.training import fit, resolve_device, seeded_model
+from mnist_vae.training import (
+    fit,
+    load_training_state,
+    resolve_device,
+    seeded_model,
+    training_fingerprint,
+)
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
 METRICS = Path("data/metrics/train.json")
 HISTORY = Path("data/metrics/train_history.csv")
+CHECKPOINT = Path("data/checkpoints/train.pt")
+TRAINING_PARAMS = ("latent_dim", "seed", "data", "model", "train")
 
 
 def main() -> None:
@@ -48,11 +58,21 @@ def main() -> None:
     model = seeded_model(
         VAEConfig(latent_dim=params.latent_dim, arch=params.model.arch), params.seed
     )
+    digest = dataset_digest(DATA)
+    settings = {k: v for k, v in params.flat().items() if k.split(".")[0] in TRAINING_PARAMS}
+    fingerprint = training_fingerprint({"params": settings, "data": digest})
+    resume = load_training_state(CHECKPOINT, fingerprint)
     tracking.configure()
-    name = tracking.run_name(params.latent_dim, params.model.arch, params.train.epochs, params.seed)
-    with mlflow.start_run(run_name=name, tags=tracking.run_tags(dataset_digest(DATA))):
+    if resume is not None:  # the same run, continued
+        mlflow_run = mlflow.start_run(run_id=resume["run_id"])
+    else:
+        name = tracking.run_name(
+            params.latent_dim, params.model.arch, params.train.epochs, params.seed
+        )
+        mlflow_run = mlflow.start_run(run_name=name, tags=tracking.run_tags(digest))
         mlflow.log_params(params.flat())
-        start = time.perf_counter()
+    with mlflow_run:
+        start = time.perf_counter() - (resume["seconds"] if resume else 0.0)
         history = fit(
             model,
             train_x,
@@ -71,6 +91,9 @@ def main() -> None:
             on_epoch=lambda m: mlflow.log_metrics(
                 {k: v for k, v in m.as_dict().items() if k != "epoch"}, step=m.epoch
             ),
+            checkpoint=CHECKPOINT,
+            checkpoint_meta={"fingerprint": fingerprint, "run_id": mlflow_run.info.run_id},
+            resume=resume,
         )
         seconds = time.perf_counter() - start
         peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -96,6 +119,7 @@ def main() -> None:
             f"{info.registered_model_version} (run {info.run_id})",
             flush=True,
         )
+    CHECKPOINT.unlink()  # done: a later run starts afresh
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -14,7 +15,12 @@ from .training import TrainingDiverged
 USER_ERRORS = (ParamsError, DownloadError, CheckpointError, TrainingDiverged, FileNotFoundError)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwind like Ctrl-C: open MLflow runs end as KILLED
+
+
 def run(main: Callable[[], object], name: str) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except USER_ERRORS as exc:

@@ -15,11 +15,17 @@ decay is what lets a short, fixed budget of epochs end at a low loss.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import sys
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -170,6 +176,39 @@ def train_epoch(
     return _per_image(sums.cpu(), len(images))
 
 
+def training_fingerprint(settings: dict[str, Any]) -> str:
+    """A digest of everything that determines a training run (params, data checksum): a
+    checkpoint is only resumed by a run with the same fingerprint."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def load_training_state(path: str | Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` when it belongs to a run with ``fingerprint``, else None.
+
+    Read with ``weights_only=True`` like every weights file; an unreadable one is reported
+    and ignored (training starts afresh and overwrites it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever torch raises for it, the answer is to start afresh
+        print(f"ignoring unreadable checkpoint {path} ({type(error).__name__})", flush=True)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"ignoring checkpoint {path}: it belongs to other params or data", flush=True)
+        return None
+    return state
+
+
+def _save_training_state(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a kill mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
 def fit(
     model: ConvVAE,
     train_images: torch.Tensor,
@@ -188,8 +227,16 @@ def fit(
     compile: bool = False,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[EpochMetrics]:
     """Train with Adam; after each epoch evaluate on ``test_images`` and call ``on_epoch``.
+
+    With ``checkpoint``, the model, optimizer, schedule and generator states, the epoch, the
+    history so far, the training seconds and ``checkpoint_meta`` are written there after every
+    epoch; ``resume`` (a state read back by :func:`load_training_state`) continues from it,
+    bit for bit on the CPU: the result is the same as a run that was never interrupted.
 
     ``binarize`` re-draws training images as Bernoulli pixels at every visit; the test
     images are used as given (binarize them once beforehand, see ``data.binarize_fixed``).
@@ -207,7 +254,18 @@ def fit(
     scheduler = lr_schedule(optimizer, schedule, epochs * -(-len(train_images) // batch_size))
     generator = torch.Generator(device=device).manual_seed(seed)
     history: list[EpochMetrics] = []
-    for epoch in range(1, epochs + 1):
+    seconds_before, first = 0.0, 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"].to(generator.get_state().device))
+        history = [EpochMetrics(**m) for m in resume["history"]]
+        seconds_before, first = resume["seconds"], resume["epoch"] + 1
+        if progress:
+            tqdm.write(f"resuming after epoch {resume['epoch']} of {epochs} from the checkpoint")
+    started = time.perf_counter()
+    for epoch in range(first, epochs + 1):
         train = train_epoch(
             network,
             optimizer,
@@ -238,5 +296,16 @@ def fit(
             )
         if on_epoch is not None:
             on_epoch(metrics)
+        if checkpoint is not None:
+            _save_training_state(Path(checkpoint), {
+                **(checkpoint_meta or {}),
+                "epoch": epoch,
+                "history": [m.as_dict() for m in history],
+                "seconds": seconds_before + time.perf_counter() - started,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+            })  # fmt: skip
     model.cpu()
     return history
