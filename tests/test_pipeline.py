@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -375,6 +376,66 @@ def test_the_mlflow_ui_shows_the_run_in_headless_chromium(project, tmp_path):
     print(f"MLflow UI screenshot: {screenshot}")
 
 
+def test_the_server_answers_1000_mixed_requests_from_8_clients_without_growing(project):
+    project, env, _ = project
+    port = _free_port()
+    with _server(  # no --host: it must listen on 127.0.0.1 only
+        ["mlflow", "models", "serve", "-m", "models:/mnist-vae/latest", "--env-manager", "local",
+         "--port", str(port)],
+        f"http://127.0.0.1:{port}/ping", cwd=project, env=_store_env(project, env),
+    ) as server:  # fmt: skip
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        url = f"http://127.0.0.1:{port}/invocations"
+        rng = np.random.default_rng(0)
+        good = [{"inputs": rng.standard_normal((4, 10)).tolist()} for _ in range(4)]
+        expected = []
+        for request in good:
+            status, body = _post(url, request)
+            assert status == 200
+            expected.append(body)
+        nan = [[0.0] * 9 + [float("nan")]]
+        bad = [
+            b'{"inputs": [[0.0, 0.0',  # malformed JSON
+            {"inputs": [[0.0] * 7]},  # wrong latent size
+            {"inputs": [[[0.5] * 27] * 28], "params": {"mode": "reconstruct"}},  # wrong shape
+            {"inputs": nan},
+            {"inputs": [[0.0] * 9 + [float("inf")]]},
+            {"inputs": [[0.0] * 10] * 1025},  # oversized
+        ]
+        jobs = [("good", i % 4) if i % 2 else ("bad", i % len(bad)) for i in range(1100)]
+
+        def send(job):
+            kind, i = job
+            status, body = _post(url, good[i] if kind == "good" else bad[i])
+            return kind, i, status, body
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, jobs[:100]))  # warm-up: allocator, caches, threads
+            before = _group_rss(server.pid)
+            answers = list(pool.map(send, jobs[100:]))
+            after = _group_rss(server.pid)
+        assert len(answers) == 1000
+        for kind, i, status, body in answers:
+            if kind == "good":
+                assert status == 200 and body == expected[i]
+            else:
+                assert status == 400 and body["message"], (i, body)
+        assert after <= 1.10 * before, f"server memory grew from {before} to {after} KiB"
+        print(f"server RSS {before} KiB before, {after} KiB after 1000 mixed requests")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=10) as answer:
+            assert answer.status == 200
+
+
+def test_a_forced_repro_gives_byte_identical_outputs(project):
+    project, env, _ = project
+    outputs = ["data/model", "data/generated", "data/comparison", "data/classifier",
+               "data/evaluation", "data/metrics"]  # fmt: skip
+    before = _file_hashes(project, outputs)
+    _sh("dvc", "repro", "--force", cwd=project, env=env)
+    assert _file_hashes(project, outputs) == before
+    assert len(before) > 20  # weights, images, metrics, tables
+
+
 def test_a_queued_experiment_lands_in_the_same_store_then_nothing_to_reproduce(project):
     project, env, _ = project
     _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=16", "-n", "wide", cwd=project, env=env)
@@ -393,7 +454,7 @@ def test_a_queued_experiment_lands_in_the_same_store_then_nothing_to_reproduce(p
     assert run.data.params["latent_dim"] == "16"
     assert "eval.iwae_nll" in run.data.metrics  # evaluate found the queued run too
     versions = client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
-    assert {int(v.version): v.run_id for v in versions}[2] == run.info.run_id
+    assert run.info.run_id in {v.run_id for v in versions}  # registered too
 
     _sh("dvc", "exp", "apply", "wide", cwd=project, env=env)
     model = load_model(project / "data/model")
@@ -471,6 +532,47 @@ def _server(command: list[str], ready_url: str, cwd: Path, env: dict[str, str]):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _file_hashes(root: Path, folders: list[str]) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): file_sha256(path)
+        for folder in folders
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """IPv4/IPv6 addresses with a socket listening on ``port`` (from /proc/net)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                if len(raw) == 4:
+                    found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                else:
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, words))
+    return found
+
+
+def _group_rss(pgid: int) -> int:
+    """Resident memory (KiB) of every process in the process group ``pgid``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # the 5th field of stat: the process group
+                status = (stat.parent / "status").read_text()
+                total += int(next(line.split()[1] for line in status.splitlines()
+                                  if line.startswith("VmRSS:")))  # fmt: skip
+        except (OSError, StopIteration, ValueError):
+            continue  # a process that ended meanwhile
+    return total
 
 
 def _post(url: str, payload: dict | bytes) -> tuple[int, dict]:
