@@ -51,20 +51,35 @@ def test_download_without_any_reachable_source_explains_mnist_mirror(tmp_path):
     assert not (tmp_path / "data" / "mnist").exists()
 
 
-def test_a_diverging_training_stops_with_where_and_marks_the_mlflow_run_failed(
-    tmp_path, tiny_mnist
-):
+def _train_on_tiny_data(tmp_path, tiny_mnist, params: str) -> subprocess.CompletedProcess:
     (tmp_path / "data" / "mnist").mkdir(parents=True)
-    for name, payload in tiny_mnist.items():
+    for name, payload in tiny_mnist.items():  # 12 training images, 5 test images
         (tmp_path / "data" / "mnist" / name).write_bytes(payload)
-    (tmp_path / "params.yaml").write_text(
-        "train: {epochs: 2, batch_size: 4, lr: 1.0e+30, schedule: constant}\n"
-    )
+    (tmp_path / "params.yaml").write_text(params)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(ROOT / "stages" / "train.py")],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
+
+
+def test_a_batch_larger_than_the_data_stops_the_train_stage_before_any_work(tmp_path, tiny_mnist):
+    result = _train_on_tiny_data(tmp_path, tiny_mnist, "train: {batch_size: 64}\n")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "train: error: params.yaml: train.batch_size = 64 is larger than the 12 training "
+        "images; expected at most 12"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mirror", "params.yaml"]
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["mnist"]  # no model, no run
+
+
+def test_a_diverging_training_stops_with_where_and_marks_the_mlflow_run_failed(
+    tmp_path, tiny_mnist
+):
+    result = _train_on_tiny_data(
+        tmp_path, tiny_mnist, "train: {epochs: 2, batch_size: 4, lr: 1.0e+30, schedule: constant}\n"
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(
