@@ -180,10 +180,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ParamsError(f"params.yaml: {where} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted((key for key in raw if key not in names), key=str)  # YAML keys: any type
     if unknown:
+        key = unknown[0]
+        shown = key if isinstance(key, str) and key.isidentifier() else repr(key)  # one line
         raise ParamsError(
-            f"params.yaml: unknown key {prefix}{unknown[0]} in {where}; allowed: {sorted(names)}"
+            f"params.yaml: unknown key {prefix}{shown} in {where}; allowed: {sorted(names)}"
         )
     values = {}
     for f in dataclasses.fields(cls):
