@@ -436,6 +436,24 @@ def test_a_forced_repro_gives_byte_identical_outputs(project):
     assert len(before) > 20  # weights, images, metrics, tables
 
 
+def test_dvc_push_then_a_fresh_clone_pulls_everything_without_retraining(project, tmp_path):
+    project, env, _ = project
+    remote = tmp_path / "remote"
+    _sh("dvc", "remote", "add", "--default", "shared", str(remote), cwd=project, env=env)
+    _sh("dvc", "push", cwd=project, env=env)
+    _sh("git", "add", ".dvc/config", "dvc.lock", "data", cwd=project, env=env)
+    _sh("git", "commit", "-qm", "pipeline results and the remote", cwd=project, env=env)
+
+    clone = tmp_path / "clone"
+    _sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path, env=env)
+    _sh("dvc", "pull", cwd=clone, env=env)
+    assert "Data and pipelines are up to date" in _sh("dvc", "status", cwd=clone, env=env)
+    outputs = ["data/mnist", "data/model", "data/generated", "data/comparison",
+               "data/classifier", "data/evaluation", "data/metrics"]  # fmt: skip
+    assert _file_hashes(clone, outputs) == _file_hashes(project, outputs)
+    assert _stages_run(_sh("dvc", "repro", cwd=clone, env=env)) == []  # nothing to retrain
+
+
 def test_a_queued_experiment_lands_in_the_same_store_then_nothing_to_reproduce(project):
     project, env, _ = project
     _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=16", "-n", "wide", cwd=project, env=env)
