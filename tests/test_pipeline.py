@@ -7,6 +7,7 @@ lock file or MLflow store.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -452,6 +453,39 @@ def test_dvc_push_then_a_fresh_clone_pulls_everything_without_retraining(project
                "data/classifier", "data/evaluation", "data/metrics"]  # fmt: skip
     assert _file_hashes(clone, outputs) == _file_hashes(project, outputs)
     assert _stages_run(_sh("dvc", "repro", cwd=clone, env=env)) == []  # nothing to retrain
+
+
+def test_three_queued_experiments_run_two_at_a_time_into_one_store(project):
+    project, env, _ = project
+    _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=2,8,16", cwd=project, env=env)
+    _sh("dvc", "queue", "start", "-j", "2", cwd=project, env=env)
+    deadline = time.monotonic() + 900
+    try:
+        while True:
+            status = _sh("dvc", "queue", "status", cwd=project, env=env)
+            if not re.search(r"\b(Queued|Running)\b", status):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
+    assert len(re.findall(r"\bSuccess\b", status)) == 3, status
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    runs = [
+        r for r in client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
+        if r.data.params["latent_dim"] in ("2", "8", "16")
+    ]  # fmt: skip
+    assert sorted(int(r.data.params["latent_dim"]) for r in runs) == [2, 8, 16]
+    assert all(r.info.status == "FINISHED" and "eval.iwae_nll" in r.data.metrics for r in runs)
+    assert all(r.data.tags.get(tracking.EXP_NAME_TAG) for r in runs)
+    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)  # milliseconds
+    overlapping = [later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)]
+    assert any(overlapping), spans  # two ran side by side
+    table = _sh("dvc", "exp", "show", "--csv", cwd=project, env=env)
+    for run in runs:
+        assert run.data.tags[tracking.EXP_NAME_TAG] in table
 
 
 def test_a_queued_experiment_lands_in_the_same_store_then_nothing_to_reproduce(project):
