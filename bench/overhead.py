@@ -70,7 +70,9 @@ def main() -> None:
         bare_model.train()
         bare_epoch(bare_model, bare_opt, images, p.batch_size, bare_gen)
 
-    bare(), stage()  # warm-up: allocator, thread pool, first-touch of the data
+    # warm-up: allocator, thread pool, first touch of the data
+    bare()
+    stage()
     rates: dict[str, list[float]] = {"bare": [], "stage": []}
     for _ in range(args.epochs):
         for name, epoch in (("bare", bare), ("stage", stage)):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -129,6 +131,7 @@ def test_a_nan_loss_stops_training_with_where_and_what_to_try():
                     progress=False, epoch=3)  # fmt: skip
     message = str(error.value)
     assert "the training loss became nan at epoch 3, batch " in message
+    assert re.search(r"batch [2-4] of 4", message)  # counted even without a progress bar
     assert " of 4 (learning rate 0.001); try a lower train.lr" in message
     # the batches before it did train; the poisoned one never reached the weights
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())

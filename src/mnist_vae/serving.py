@@ -85,7 +85,6 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model = load_model(context.artifacts[MODEL_FILES])
-        torch.set_grad_enabled(False)
 
     def load_folder(self, folder: str | Path) -> VAEPyfunc:
         """Use the model folder directly (tests, and Python callers without MLflow)."""

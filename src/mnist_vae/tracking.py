@@ -50,11 +50,14 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or ".").resolve()
 
 
+def _resolve(root: str | Path | None) -> Path:
+    return project_root() if root is None else Path(root).resolve()
+
+
 def tracking_uri(root: str | Path | None = None) -> str:
     """``$MLFLOW_TRACKING_URI`` when set, else the SQLite store at ``root``, as an absolute path."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    root = project_root() if root is None else Path(root).resolve()
-    return uri or f"sqlite:///{(root / STORE_FILE).as_posix()}"
+    return uri or f"sqlite:///{(_resolve(root) / STORE_FILE).as_posix()}"
 
 
 def git_commit(cwd: str | Path = ".") -> str | None:
@@ -87,7 +90,7 @@ def run_name(latent_dim: int, arch: str, epochs: int, seed: int) -> str:
 
 def configure(root: str | Path | None = None) -> str:
     """Point MLflow at the project's store and experiment; return the experiment id."""
-    root = project_root() if root is None else Path(root).resolve()
+    root = _resolve(root)
     own_store = "MLFLOW_TRACKING_URI" not in os.environ  # set_tracking_uri exports it
     mlflow.set_tracking_uri(tracking_uri(root))
     experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
@@ -176,7 +179,7 @@ def promote_if_better(run_id: str, name: str = REGISTERED_MODEL) -> str:
 def champion_model_files(dest: str | Path, root: str | Path | None = None) -> Path | None:
     """Download the model folder of the registry's champion into ``dest``; None when there is
     no store, no registered model or no champion (nothing is created in that case)."""
-    root = project_root() if root is None else Path(root)
+    root = _resolve(root)
     if "MLFLOW_TRACKING_URI" not in os.environ and not (root / STORE_FILE).exists():
         return None
     mlflow.set_tracking_uri(tracking_uri(root))

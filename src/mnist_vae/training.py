@@ -153,7 +153,7 @@ def train_epoch(
         leave=False,
         mininterval=PROGRESS_INTERVAL,
     ) as bar:
-        for index, size in batches(len(images), batch_size, order):
+        for batch, (index, size) in enumerate(batches(len(images), batch_size, order), 1):
             x = torch.bernoulli(images[index], generator=generator) if binarize else images[index]
             with autocast:
                 logits, mean, logvar = model(x, generator)
@@ -161,7 +161,7 @@ def train_epoch(
             if not torch.isfinite(parts.total):
                 raise TrainingDiverged(
                     f"the training loss became {parts.total.item()} at epoch {epoch}, batch "
-                    f"{bar.n + 1} of {n_batches} (learning rate {optimizer.param_groups[0]['lr']:g}"
+                    f"{batch} of {n_batches} (learning rate {optimizer.param_groups[0]['lr']:g}"
                     "); try a lower train.lr, train.schedule: cosine, or train.bf16: false"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -171,7 +171,7 @@ def train_epoch(
                 scheduler.step()
             sums += torch.stack([p.detach() for p in parts]).double() * size
             bar.update()
-            if bar.n % 50 == 0:
+            if batch % 50 == 0:
                 bar.set_postfix(loss=f"{parts.total.item():.2f}", refresh=False)
     return _per_image(sums.cpu(), len(images))
 
