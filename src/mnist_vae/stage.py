@@ -8,11 +8,19 @@ from collections.abc import Callable
 
 from .checkpoint import CheckpointError
 from .data import DownloadError
+from .distributed import DistributedError
 from .params import ParamsError
 from .training import TrainingDiverged
 
 # Errors whose message tells the user what to do; a traceback would only hide it.
-USER_ERRORS = (ParamsError, DownloadError, CheckpointError, TrainingDiverged, FileNotFoundError)
+USER_ERRORS = (
+    ParamsError,
+    DownloadError,
+    CheckpointError,
+    TrainingDiverged,
+    DistributedError,
+    FileNotFoundError,
+)
 
 
 def _interrupt(signum: int, frame: object) -> None:

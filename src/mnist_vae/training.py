@@ -8,6 +8,10 @@ model is built, shuffling and noise from a dedicated :class:`torch.Generator` on
 the training device. The test estimate uses its own fixed generator, so the
 reported test loss of the same weights is always the same.
 
+Under ``torchrun`` (see :mod:`.distributed`) the same loop runs data-parallel: each
+process visits its shard, draws its noise from ``seed + rank``, and DDP averages the
+gradients; only rank 0 evaluates and checkpoints.
+
 Adam's learning rate follows a cosine from ``lr`` down to 0 over all steps
 (``schedule="cosine"``, the default) or stays at ``lr`` (``"constant"``): the
 decay is what lets a short, fixed budget of epochs end at a low loss.
@@ -28,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import distributed
+from .distributed import Cluster
 from .losses import negative_elbo
 from .model import ConvVAE, VAEConfig, build_model
 
@@ -131,8 +138,12 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     bf16: bool = False,
     epoch: int = 1,
+    order: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One pass over ``images`` in a seeded random order; returns per-image means.
+
+    ``order`` (indices into ``images``, e.g. this process's shard under DDP) replaces the
+    random order drawn from ``generator``.
 
     With ``binarize``, each grey-level image is re-drawn as Bernoulli pixels every time it
     is seen (dynamic binarisation, as in the binarized-MNIST literature). ``scheduler`` is
@@ -141,10 +152,11 @@ def train_epoch(
     step that would spread it into the weights."""
     model.train()
     device = images.device
-    order = torch.randperm(len(images), generator=generator, device=device)
+    if order is None:
+        order = torch.randperm(len(images), generator=generator, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    n_batches = -(-len(images) // batch_size)
+    n_batches = -(-len(order) // batch_size)
     with tqdm(
         total=n_batches,
         desc=desc,
@@ -153,7 +165,7 @@ def train_epoch(
         leave=False,
         mininterval=PROGRESS_INTERVAL,
     ) as bar:
-        for batch, (index, size) in enumerate(batches(len(images), batch_size, order), 1):
+        for batch, (index, size) in enumerate(batches(len(order), batch_size, order), 1):
             x = torch.bernoulli(images[index], generator=generator) if binarize else images[index]
             with autocast:
                 logits, mean, logvar = model(x, generator)
@@ -173,7 +185,7 @@ def train_epoch(
             bar.update()
             if batch % 50 == 0:
                 bar.set_postfix(loss=f"{parts.total.item():.2f}", refresh=False)
-    return _per_image(sums.cpu(), len(images))
+    return _per_image(sums.cpu(), len(order))
 
 
 def training_fingerprint(settings: dict[str, Any]) -> str:
@@ -230,6 +242,7 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_meta: dict[str, Any] | None = None,
     resume: dict[str, Any] | None = None,
+    cluster: Cluster | None = None,
 ) -> list[EpochMetrics]:
     """Train with Adam; after each epoch evaluate on ``test_images`` and call ``on_epoch``.
 
@@ -243,29 +256,47 @@ def fit(
     The model and both image sets move to ``device`` for the run; on CUDA the batch grows
     ``cuda_batch_scale`` times and the learning rate by its square root (a GPU runs a big
     batch in the time of a small one). ``bf16`` (autocast) and ``compile``
-    (``torch.compile``) speed up GPUs and are off by default. The model ends on the CPU."""
+    (``torch.compile``) speed up GPUs and are off by default. The model ends on the CPU.
+
+    With a distributed ``cluster`` (every process calls ``fit`` inside
+    :func:`.distributed.process_group`) ``batch_size`` is per process; only rank 0 evaluates,
+    calls ``on_epoch``, writes the checkpoint and returns the history (the others return [])."""
+    cluster = cluster or Cluster()
     device = torch.device(device)
     if device.type == "cuda":
         batch_size, lr = batch_size * cuda_batch_scale, lr * math.sqrt(cuda_batch_scale)
     model.to(device)
     train_images, test_images = train_images.to(device), test_images.to(device)
-    network = torch.compile(model) if compile else model
+    network: torch.nn.Module = model
+    sampler = None
+    if cluster.distributed:
+        network = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+        sampler = distributed.shard_sampler(len(train_images), cluster, seed)
+    network = torch.compile(network) if compile else network
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = lr_schedule(optimizer, schedule, epochs * -(-len(train_images) // batch_size))
-    generator = torch.Generator(device=device).manual_seed(seed)
+    per_epoch = len(sampler) if sampler is not None else len(train_images)
+    scheduler = lr_schedule(optimizer, schedule, epochs * -(-per_epoch // batch_size))
+    # One process: rank 0, so the stream is the one seed's. Under DDP: each its own noise.
+    generator = torch.Generator(device=device).manual_seed(seed + cluster.rank)
     history: list[EpochMetrics] = []
     seconds_before, first = 0.0, 1
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"].to(generator.get_state().device))
+        generator.set_state(resume["generators"][cluster.rank])
         history = [EpochMetrics(**m) for m in resume["history"]]
         seconds_before, first = resume["seconds"], resume["epoch"] + 1
-        if progress:
+        if progress and cluster.is_main:
             tqdm.write(f"resuming after epoch {resume['epoch']} of {epochs} from the checkpoint")
     started = time.perf_counter()
     for epoch in range(first, epochs + 1):
+        order = None
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler), device=device)
         train = train_epoch(
             network,
             optimizer,
@@ -274,12 +305,17 @@ def fit(
             recon,
             generator,
             desc=f"epoch {epoch}/{epochs}",
-            progress=progress,
+            progress=progress and cluster.is_main,
             binarize=binarize,
             scheduler=scheduler,
             bf16=bf16,
             epoch=epoch,
+            order=order,
         )
+        train = distributed.mean_across(train, cluster)
+        generators = distributed.gather(generator.get_state(), cluster)  # for the checkpoint
+        if not cluster.is_main:
+            continue
         test = evaluate(model, test_images, recon=recon, seed=seed)
         metrics = EpochMetrics(
             epoch,
@@ -305,7 +341,7 @@ def fit(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
+                "generators": generators,  # one per process, in rank order
             })  # fmt: skip
     model.cpu()
     return history

@@ -1,0 +1,181 @@
+"""The train stage as a process on a slice of MNIST.
+
+An interrupted training resumes: kill the train stage mid-way (SIGINT, SIGTERM or SIGKILL),
+run it again, and get the weights of a run that was never interrupted, in the same MLflow run.
+Under torchrun with two processes (DDP over gloo on the loopback) it trains one model in one
+MLflow run, as good as one process with the same effective batch, and resumes just as exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from mnist_vae.model import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = {
+    "data": {"train_limit": 6000, "test_limit": 500},
+    "train": {"epochs": 3, "batch_size": 64},
+}
+CHECKPOINT = Path("data/checkpoints/train.pt")
+
+pytestmark = pytest.mark.slow
+
+
+def _stage(name: str, cwd: Path, env: dict[str, str], processes: int = 1) -> subprocess.Popen:
+    """``python stages/<name>.py``, or ``torchrun --standalone --nproc_per_node=N ...``."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone"]
+        launcher.append(f"--nproc_per_node={processes}")
+    return subprocess.Popen(
+        [*launcher, str(ROOT / "stages" / f"{name}.py")],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return output
+
+
+@pytest.fixture(scope="module")
+def env(mnist_mirror) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    return {**clean, "MNIST_MIRROR": str(mnist_mirror)}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, env) -> Path:
+    """A folder with params.yaml and the downloaded MNIST files, copied for every run."""
+    folder = tmp_path_factory.mktemp("template")
+    (folder / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    _finish(_stage("download", folder, env))
+    return folder
+
+
+def _copy(template: Path, tmp_path: Path, name: str) -> Path:
+    return Path(shutil.copytree(template, tmp_path / name))
+
+
+def _only_run(folder: Path) -> tuple[mlflow.MlflowClient, mlflow.entities.Run]:
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
+    assert run.info.status == "FINISHED"
+    return client, run
+
+
+def _test_loss_history(folder: Path) -> dict[int, float]:
+    client, run = _only_run(folder)
+    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_loss")}
+
+
+def _interrupt_after_first_epoch(process: subprocess.Popen, folder: Path, sig: int) -> str:
+    deadline = time.monotonic() + 300
+    while not (folder / CHECKPOINT).exists():  # the first epoch is done and saved
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=120)
+    assert (folder / CHECKPOINT).exists()
+    assert not (folder / "data/model").exists()
+    return output
+
+
+def _same_weights(folder: Path, reference: Path) -> bool:
+    ours = load_model(folder / "data/model").state_dict()
+    theirs = load_model(reference / "data/model").state_dict()
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(template, tmp_path_factory, env) -> Path:
+    folder = _copy(template, tmp_path_factory.mktemp("reference"), "run")
+    _finish(_stage("train", folder, env))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name
+)
+def test_a_killed_training_resumes_to_the_same_weights_in_the_same_run(
+    template, uninterrupted, tmp_path, env, sig
+):
+    folder = _copy(template, tmp_path, "run")
+    process = _stage("train", folder, env)
+    output = _interrupt_after_first_epoch(process, folder, sig)
+    assert process.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), output
+
+    output = _finish(_stage("train", folder, env))
+    assert "resuming after epoch " in output
+    assert not (folder / CHECKPOINT).exists()  # done: the next run starts afresh
+
+    assert _same_weights(folder, uninterrupted)  # bit-identical
+    assert (folder / "data/metrics/train.json").read_bytes() == (
+        uninterrupted / "data/metrics/train.json"
+    ).read_bytes()
+    # one MLflow run, continued: every epoch's test loss, equal to the uninterrupted run's
+    assert _test_loss_history(folder) == _test_loss_history(uninterrupted)
+
+
+def test_two_processes_under_torchrun_train_one_model_like_one_process(
+    template, uninterrupted, tmp_path, env
+):
+    """2 processes x batch 32 against 1 process x batch 64: the same effective batch."""
+    folder = _copy(template, tmp_path, "ddp")
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["train"]["batch_size"] = PARAMS["train"]["batch_size"] // 2
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    output = _finish(_stage("train", folder, env, processes=2))
+    assert "x 2 processes (gloo), effective batch 2 x 32" in output
+
+    # one model, one run, one registered version: rank 1 wrote and logged nothing of its own
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in uninterrupted.iterdir()
+    )
+    assert sorted(p.name for p in (folder / "data/model").iterdir()) == [
+        "config.json",
+        "model.pt",
+    ]
+    assert not (folder / CHECKPOINT).exists()
+    client, run = _only_run(folder)
+    _, single_run = _only_run(uninterrupted)
+    assert run.data.params["train.processes"] == "2"
+    assert single_run.data.params["train.processes"] == "1"
+    assert (
+        run.data.params["train.effective_batch_size"]
+        == single_run.data.params["train.effective_batch_size"]
+        == "64"
+    )
+    assert [v.run_id for v in client.search_model_versions("name = 'mnist-vae'")] == [
+        run.info.run_id
+    ]
+    assert sorted(_test_loss_history(folder)) == [1, 2, 3]  # every epoch, logged once
+
+    ddp, single = (
+        json.loads((f / "data/metrics/train.json").read_text()) for f in (folder, uninterrupted)
+    )
+    print(f"test -ELBO: 2 processes {ddp['test_loss']:.2f}, 1 process {single['test_loss']:.2f}")
+    assert abs(ddp["test_loss"] - single["test_loss"]) < 2.0
+
+    # interrupted (Ctrl-C reaches torchrun, which stops both workers) and resumed: bit-identical
+    again = _copy(template, tmp_path, "ddp-resumed")
+    (again / "params.yaml").write_text(yaml.safe_dump(params))
+    _interrupt_after_first_epoch(_stage("train", again, env, processes=2), again, signal.SIGINT)
+    assert "resuming after epoch " in _finish(_stage("train", again, env, processes=2))
+    assert _same_weights(again, folder)
+    assert _test_loss_history(again) == _test_loss_history(folder)
