@@ -7,6 +7,7 @@ lock file or MLflow store.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy
 import torch
 import yaml
 from PIL import Image
@@ -47,6 +50,8 @@ SMALL = {
     "evaluate": {"iw_samples": 4, "fid_samples": 100, "interpolations": 3},
 }
 STAGES = {"download", "train", "generate", "compare", "classifier", "evaluate"}
+TRACKING_SERVER_ENV = "MNIST_VAE_TRACKING_SERVER"  # a shared MLflow server (.ci/run starts one)
+TRACKING_DB_ENV = "MNIST_VAE_TRACKING_DB"  # its PostgreSQL database, to look behind the API
 
 pytestmark = pytest.mark.slow
 
@@ -73,10 +78,10 @@ def _stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '(\w+)'", output)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, mnist_mirror):
-    """A fresh Git clone-alike of the project with small-slice params, after one `dvc repro`."""
-    project = tmp_path_factory.mktemp("e2e") / "project"
+def _small_project(folder: Path, mnist_mirror: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh Git clone-alike of the project in ``folder`` with small-slice params, and the
+    environment to run it in (no MLFLOW_*/DVC_* settings of the caller's)."""
+    project = folder / "project"
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=ROOT,
@@ -103,6 +108,13 @@ def project(tmp_path_factory, mnist_mirror):
     _sh(*git, "init", "-q", cwd=project, env=env)
     _sh(*git, "add", "-A", cwd=project, env=env)
     _sh(*git, "commit", "-qm", "small-slice copy", cwd=project, env=env)
+    return project, env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mnist_mirror):
+    """The small-slice project after one `dvc repro`, with its own local MLflow store."""
+    project, env = _small_project(tmp_path_factory.mktemp("e2e"), mnist_mirror)
     output = _sh("dvc", "repro", cwd=project, env=env)
     return project, env, output
 
@@ -455,6 +467,111 @@ def test_dvc_push_then_a_fresh_clone_pulls_everything_without_retraining(project
     assert _stages_run(_sh("dvc", "repro", cwd=clone, env=env)) == []  # nothing to retrain
 
 
+@pytest.fixture(scope="module")
+def tracking_server() -> str:
+    """The shared MLflow server (on PostgreSQL) named by $MNIST_VAE_TRACKING_SERVER."""
+    url = os.environ.get(TRACKING_SERVER_ENV)
+    if not url:
+        reason = (
+            f"no shared MLflow server: set {TRACKING_SERVER_ENV} to one backed by PostgreSQL "
+            f"(and {TRACKING_DB_ENV} to its database; .ci/run starts both)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # CI must exercise it, never skip it
+        pytest.skip(reason)
+    return url.rstrip("/")
+
+
+def test_the_pipeline_records_to_a_shared_server_on_postgresql(
+    tracking_server, tmp_path, mnist_mirror
+):
+    project, env = _small_project(tmp_path, mnist_mirror)
+    env = {**env, "MLFLOW_TRACKING_URI": tracking_server}
+    _sh("dvc", "repro", cwd=project, env=env)
+    # the server holds the run and its files: nothing of MLflow's is written in the project
+    assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
+
+    # The run, found through the REST API by the weights it trained
+    api = f"{tracking_server}/api/2.0/mlflow"
+    experiment = _get(f"{api}/experiments/get-by-name?experiment_name=mnist-vae")["experiment"]
+    assert experiment["artifact_location"].startswith("mlflow-artifacts:")  # the server's store
+    weights = project / "data/model/model.pt"
+    status, found = _post(f"{api}/runs/search", {
+        "experiment_ids": [experiment["experiment_id"]],
+        "filter": f"tags.`{MODEL_SHA_TAG}` = '{file_sha256(weights)}'",
+    })  # fmt: skip
+    assert status == 200 and len(found["runs"]) == 1, found
+    run = found["runs"][0]
+    run_id = run["info"]["run_id"]
+    assert run["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert (params["latent_dim"], params["train.epochs"], params["train.processes"]) == (
+        "10", "1", "1"
+    )  # fmt: skip
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags[tracking.DATA_TAG] == dataset_digest(project / "data/mnist")
+
+    # its metrics: every epoch's test loss, and the evaluate stage's
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    results = json.loads((project / "data/metrics/evaluate.json").read_text())
+    assert metrics["eval.iwae_nll"] == pytest.approx(results["iwae_nll"])
+    history = _get(f"{api}/metrics/get-history?run_id={run_id}&metric_key=test_loss")["metrics"]
+    train = json.loads((project / "data/metrics/train.json").read_text())
+    assert [(m["step"], m["value"]) for m in history] == [(1, pytest.approx(train["test_loss"]))]
+
+    # its artifacts, listed and downloaded through the server
+    listed = _get(f"{api}/artifacts/list?run_id={run_id}&path=model_files")
+    assert {"model_files/model.pt", "model_files/config.json"} <= {
+        f["path"] for f in listed["files"]
+    }
+    root = run["info"]["artifact_uri"].removeprefix("mlflow-artifacts:/")
+    with urllib.request.urlopen(
+        f"{tracking_server}/api/2.0/mlflow-artifacts/artifacts/{root}/model_files/model.pt",
+        timeout=60,
+    ) as answer:
+        assert hashlib.sha256(answer.read()).hexdigest() == file_sha256(weights)
+    for image in ("generated/grid.png", "comparison/grid.png"):
+        folder = image.split("/")[0]
+        listed = _get(f"{api}/artifacts/list?run_id={run_id}&path={folder}")
+        assert image in {f["path"] for f in listed["files"]}
+
+    # the registered version it made
+    versions = _get(
+        f"{api}/model-versions/search?filter=" + urllib.parse.quote(f"run_id = '{run_id}'")
+    )["model_versions"]
+    assert [(v["name"], v["status"]) for v in versions] == [("mnist-vae", "READY")]
+    version = versions[0]["version"]
+    assert tracking.PROMOTION_TAG in tags  # the evaluate stage weighed it for champion
+
+    # ... which PostgreSQL holds: the server's database has the run
+    if database := os.environ.get(TRACKING_DB_ENV):
+        engine = sqlalchemy.create_engine(database)
+        with engine.connect() as connection:
+            row = connection.execute(
+                sqlalchemy.text("SELECT status FROM runs WHERE run_uuid = :id"), {"id": run_id}
+            ).one()
+        engine.dispose()
+        assert row.status == "FINISHED"
+    elif os.environ.get("CI"):
+        pytest.fail(f"{TRACKING_DB_ENV} is not set: cannot check the run is in PostgreSQL")
+
+    # served from the server's registry, from an empty folder: it decodes like the local weights
+    port = _free_port()
+    served = tmp_path / "served"
+    served.mkdir()
+    with _server(
+        ["mlflow", "models", "serve", "-m", f"models:/mnist-vae/{version}",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}/ping", cwd=served, env=env,
+    ):  # fmt: skip
+        z = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+        status, body = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": z.tolist()})
+    assert status == 200, body
+    with torch.no_grad():
+        expected = torch.sigmoid(load_model(project / "data/model").decode(z)).squeeze(1)
+    assert np.allclose(np.array(body["predictions"]), expected.numpy(), atol=1e-5)
+
+
 def test_three_queued_experiments_run_two_at_a_time_into_one_store(project):
     project, env, _ = project
     _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=2,8,16", cwd=project, env=env)
@@ -625,6 +742,11 @@ def _group_rss(pgid: int) -> int:
         except (OSError, StopIteration, ValueError):
             continue  # a process that ended meanwhile
     return total
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as answer:
+        return json.loads(answer.read())
 
 
 def _post(url: str, payload: dict | bytes) -> tuple[int, dict]:
