@@ -89,22 +89,21 @@ def train(
     settings["processes"] = cluster.world_size
     fingerprint = training_fingerprint({"params": settings, "data": digest})
     resume = load_training_state(CHECKPOINT, fingerprint)  # every process reads it
-    if not cluster.is_main:  # rank 0 alone talks to MLflow
-        mlflow_run = nullcontext()
-    elif resume is not None:  # the same run, continued
+    mlflow_run = nullcontext()  # rank 0 alone talks to MLflow
+    if cluster.is_main:
         tracking.configure()
-        mlflow_run = mlflow.start_run(run_id=resume["run_id"])
-    else:
-        tracking.configure()
-        name = tracking.run_name(
-            params.latent_dim, params.model.arch, params.train.epochs, params.seed
-        )
-        mlflow_run = mlflow.start_run(run_name=name, tags=tracking.run_tags(digest))
-        mlflow.log_params(params.flat())
-        mlflow.log_params({
-            "train.processes": cluster.world_size,
-            "train.effective_batch_size": cluster.world_size * params.train.batch_size,
-        })  # fmt: skip
+        if resume is not None:  # the same run, continued
+            mlflow_run = mlflow.start_run(run_id=resume["run_id"])
+        else:
+            name = tracking.run_name(
+                params.latent_dim, params.model.arch, params.train.epochs, params.seed
+            )
+            mlflow_run = mlflow.start_run(run_name=name, tags=tracking.run_tags(digest))
+            mlflow.log_params(params.flat())
+            mlflow.log_params({
+                "train.processes": cluster.world_size,
+                "train.effective_batch_size": cluster.world_size * params.train.batch_size,
+            })  # fmt: skip
     with mlflow_run:
         start = time.perf_counter() - (resume["seconds"] if resume else 0.0)
         history = fit(

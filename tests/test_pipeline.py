@@ -467,6 +467,32 @@ def test_dvc_push_then_a_fresh_clone_pulls_everything_without_retraining(project
     assert _stages_run(_sh("dvc", "repro", cwd=clone, env=env)) == []  # nothing to retrain
 
 
+def test_dvc_repro_trains_on_two_processes_with_the_torchrun_command(tmp_path, mnist_mirror):
+    """The switch dvc.yaml's comment shows: the stage's command, recorded in dvc.lock."""
+    project, env = _small_project(tmp_path, mnist_mirror)
+    torchrun = "torchrun --standalone --nproc_per_node=2 stages/train.py"
+    pipeline = (project / "dvc.yaml").read_text()
+    assert f"#   cmd: {torchrun}" in pipeline  # the comment shows the exact command
+    (project / "dvc.yaml").write_text(
+        pipeline.replace("cmd: python stages/train.py", f"cmd: {torchrun}")
+    )
+    output = _sh("dvc", "repro", cwd=project, env=env)
+    assert sorted(_stages_run(output)) == sorted(STAGES)
+    assert "x 2 processes (gloo), effective batch 2 x 128" in output
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["train"]["cmd"] == torchrun
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.processes"] == "2"
+    assert "eval.iwae_nll" in run.data.metrics  # the later stages found the run
+    assert [v.run_id for v in client.search_model_versions("name = 'mnist-vae'")] == [
+        run.info.run_id
+    ]
+    assert _stages_run(_sh("dvc", "repro", cwd=project, env=env)) == []
+
+
 @pytest.fixture(scope="module")
 def tracking_server() -> str:
     """The shared MLflow server (on PostgreSQL) named by $MNIST_VAE_TRACKING_SERVER."""
