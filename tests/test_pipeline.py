@@ -517,14 +517,17 @@ def test_the_pipeline_records_to_a_shared_server_on_postgresql(
     # the server holds the run and its files: nothing of MLflow's is written in the project
     assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
 
-    # The run, found through the REST API by the weights it trained
+    # The run, found through the REST API by the weights it trained and this copy's commit
+    # (a shared server may hold earlier runs of the same weights)
     api = f"{tracking_server}/api/2.0/mlflow"
     experiment = _get(f"{api}/experiments/get-by-name?experiment_name=mnist-vae")["experiment"]
     assert experiment["artifact_location"].startswith("mlflow-artifacts:")  # the server's store
     weights = project / "data/model/model.pt"
+    commit = _sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
     status, found = _post(f"{api}/runs/search", {
         "experiment_ids": [experiment["experiment_id"]],
-        "filter": f"tags.`{MODEL_SHA_TAG}` = '{file_sha256(weights)}'",
+        "filter": f"tags.`{MODEL_SHA_TAG}` = '{file_sha256(weights)}' "
+                  f"and tags.`{tracking.GIT_COMMIT_TAG}` = '{commit}'",
     })  # fmt: skip
     assert status == 200 and len(found["runs"]) == 1, found
     run = found["runs"][0]
