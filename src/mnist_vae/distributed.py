@@ -11,7 +11,7 @@ What each process does under DDP:
 - it joins the process group (gloo on the CPU, NCCL on CUDA, one GPU per ``LOCAL_RANK``);
 - every epoch it visits its shard of a permutation shared by all processes
   (:class:`~torch.utils.data.distributed.DistributedSampler`, seeded with ``seed``,
-  reshuffled by epoch; the last images are repeated so all shards are the same size);
+  reshuffled by epoch; up to N-1 images are visited twice so all shards are the same size);
 - ``train.batch_size`` is per process, so the effective batch is ``N x batch_size``;
 - its reparameterisation noise comes from its own generator seeded with ``seed + rank``;
 - gradients are averaged across processes at every step, so all copies stay identical;
