@@ -41,15 +41,16 @@ def train(params: Params, binarize: bool, bf16: bool, compile: bool) -> tuple[ob
                          params.seed)  # fmt: skip
     torch.cuda.synchronize()
     start = time.perf_counter()
-    history = fit(
-        model, train_x, test_x, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-        recon=t.loss, seed=params.seed, binarize=binarize, schedule=t.schedule, device="cuda",
-        cuda_batch_scale=t.cuda_batch_scale, bf16=bf16, compile=compile,
-    )  # fmt: skip
+    params = dataclasses.replace(
+        params,
+        data=dataclasses.replace(params.data, binarize="dynamic" if binarize else "none"),
+        train=dataclasses.replace(t, device="cuda", bf16=bf16, compile=compile),
+    )
+    history = fit(model, train_x, test_x, params).history
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(f"  {t.epochs} epochs in {seconds:.1f} s; test negative ELBO "
-          f"{history[-1].test_loss:.2f} nats", flush=True)  # fmt: skip
+          f"{history[-1].test.loss:.2f} nats", flush=True)  # fmt: skip
     return model, seconds
 
 

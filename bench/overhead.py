@@ -64,7 +64,7 @@ def main() -> None:
 
     def stage() -> None:
         train_epoch(stage_model, stage_opt, images, p.batch_size, p.loss, stage_gen,
-                    desc="stage loop", scheduler=scheduler)  # fmt: skip
+                    scheduler=scheduler, desc="stage loop")  # fmt: skip
 
     def bare() -> None:
         bare_model.train()

@@ -24,7 +24,7 @@ from pathlib import Path
 import mlflow
 
 from mnist_vae import tracking
-from mnist_vae.checkpoint import WEIGHTS_FILE
+from mnist_vae.model_folder import WEIGHTS_FILE
 
 WEIGHTS = Path("data/model") / WEIGHTS_FILE
 TRAIN_METRICS = Path("data/metrics/train.json")

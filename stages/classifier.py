@@ -4,13 +4,12 @@ Reads: classifier.*   Writes: data/classifier/ (model.pt + config.json),
 data/metrics/classifier.json (its test accuracy, for dvc metrics).
 """
 
-import json
 from pathlib import Path
 
 from mnist_vae.classifier import accuracy, save_classifier, train_classifier
 from mnist_vae.data import load_images
 from mnist_vae.params import load_params
-from mnist_vae.stage import run
+from mnist_vae.stage import run, write_metrics
 
 DATA = Path("data/mnist")
 OUT = Path("data/classifier")
@@ -29,8 +28,7 @@ def main() -> None:
     print(f"classifier: test accuracy {test_accuracy:.4f} on {len(test_x)} images", flush=True)
 
     save_classifier(model, OUT)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps({"test_accuracy": test_accuracy}, indent=2) + "\n")
+    write_metrics(METRICS, {"test_accuracy": test_accuracy})
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from pathlib import Path
 import mlflow
 
 from mnist_vae import tracking
-from mnist_vae.checkpoint import WEIGHTS_FILE
 from mnist_vae.data import load_images
 from mnist_vae.images import originals_over_reconstructions, save_each, save_grid, side_by_side
 from mnist_vae.model import load_model
+from mnist_vae.model_folder import WEIGHTS_FILE
 from mnist_vae.params import load_params
 from mnist_vae.stage import run
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import mlflow
 
 from mnist_vae import tracking
-from mnist_vae.checkpoint import WEIGHTS_FILE
 from mnist_vae.classifier import load_classifier
 from mnist_vae.data import load_test_images
 from mnist_vae.latent import save_pictures
 from mnist_vae.metrics import evaluate_vae
 from mnist_vae.model import load_model
+from mnist_vae.model_folder import WEIGHTS_FILE
 from mnist_vae.params import load_params
-from mnist_vae.stage import run
+from mnist_vae.stage import run, write_metrics
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
@@ -45,8 +45,7 @@ def main() -> None:
         active_threshold=p.active_threshold, seed=params.seed,
     )  # fmt: skip
     print(json.dumps(result.summary, indent=2), flush=True)
-    METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    (METRICS_DIR / "evaluate.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+    write_metrics(METRICS_DIR / "evaluate.json", result.summary)
     result.per_class.to_csv(METRICS_DIR / "per_class.csv", index=False)
     result.latent_kl.to_csv(METRICS_DIR / "latent_kl.csv", index=False)
     result.sample_labels.to_csv(METRICS_DIR / "sample_labels.csv", index=False)

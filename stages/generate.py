@@ -10,9 +10,9 @@ import mlflow
 import torch
 
 from mnist_vae import tracking
-from mnist_vae.checkpoint import WEIGHTS_FILE
 from mnist_vae.images import save_each, save_grid
 from mnist_vae.model import load_model
+from mnist_vae.model_folder import WEIGHTS_FILE
 from mnist_vae.params import load_params
 from mnist_vae.stage import run
 

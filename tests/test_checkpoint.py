@@ -1,85 +1,42 @@
-from dataclasses import dataclass
+"""The train stage's resume checkpoint (model folders are tested in test_model_folder.py)."""
 
-import pytest
+import dataclasses
+
 import torch
 
-from mnist_vae.checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-)
-from mnist_vae.model import VAEConfig, build_model, load_model, save_model
+from mnist_vae.checkpoint import Checkpoint, training_fingerprint
+from mnist_vae.params import Params
 
 
-@dataclass(frozen=True)
-class _Config:
-    width: int = 3
-    name: str = "tiny"
+def test_a_checkpoint_reads_back_only_for_its_own_fingerprint(tmp_path, capsys):
+    path = tmp_path / "checkpoints" / "train.pt"
+    mine = Checkpoint(path, "a" * 64, run_id="run-1")
+    assert mine.load() is None  # nothing yet, nothing said
+    mine.save({"epoch": 2, "model": {"w": torch.ones(2)}})
+    assert not path.with_name("train.pt.partial").exists()  # written whole, then renamed
+    state = mine.load()
+    assert (state["epoch"], state["run_id"], state["fingerprint"]) == (2, "run-1", "a" * 64)
+    assert torch.equal(state["model"]["w"], torch.ones(2))
+
+    assert Checkpoint(path, "b" * 64).load() is None
+    assert "it belongs to other params or data); training starts afresh" in capsys.readouterr().out
+    path.write_bytes(b"not a checkpoint")
+    assert mine.load() is None
+    assert "unreadable: " in capsys.readouterr().out
+    mine.remove()
+    mine.remove()  # twice is fine
+    assert not path.exists()
 
 
-class _Payload:
-    """Anything but tensors: unpickling it would run code of the file's choosing."""
+def test_the_fingerprint_follows_what_fixes_the_weights_only():
+    base = Params()
 
+    def fingerprint(params: Params = base, processes: int = 1, data: str = "d") -> str:
+        return training_fingerprint(params, processes, data)
 
-def test_round_trip(tmp_path):
-    state = {"weight": torch.arange(6.0).reshape(2, 3)}
-    folder = save_checkpoint(tmp_path / "m", _Config(), state)
-    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
-    config, loaded = load_checkpoint(folder)
-    assert config == {"width": 3, "name": "tiny"}
-    assert torch.equal(loaded["weight"], state["weight"])
-
-
-def test_weights_are_never_unpickled(tmp_path):
-    save_checkpoint(tmp_path, _Config(), {"weight": torch.zeros(1)})
-    torch.save({"weight": _Payload()}, tmp_path / WEIGHTS_FILE)
-    with pytest.raises(CheckpointError, match="Python objects besides tensors") as error:
-        load_checkpoint(tmp_path)
-    assert "dvc repro" in str(error.value)
-
-
-def _vae_folder(tmp_path, latent_dim=3):
-    torch.manual_seed(0)
-    return save_model(build_model(VAEConfig(latent_dim=latent_dim)), tmp_path / "model")
-
-
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        (
-            lambda f: (f / WEIGHTS_FILE).write_bytes((f / WEIGHTS_FILE).read_bytes()[:1000]),
-            "cannot be read (truncated or not a PyTorch weights file",
-        ),
-        (
-            lambda f: (f / WEIGHTS_FILE).write_bytes(b"GIF89a" + bytes(range(256)) * 8),
-            "cannot be read (truncated or not a PyTorch weights file",
-        ),
-        (lambda f: (f / WEIGHTS_FILE).unlink(), "model.pt is missing"),
-        (lambda f: (f / CONFIG_FILE).write_text("{latent_dim: 3"), "config.json is not valid JSON"),
-        (lambda f: (f / CONFIG_FILE).write_text("[3]"), "config.json holds no JSON object"),
-        (lambda f: torch.save([torch.zeros(2)], f / WEIGHTS_FILE), "holds no state_dict"),
-        (
-            lambda f: (f / CONFIG_FILE).write_text('{"latent_dim": 3, "arch": "resnet"}'),
-            "does not describe a model this code can build (unknown architecture 'resnet'",
-        ),
-        (
-            lambda f: (f / CONFIG_FILE).write_text('{"latent_dim": 3, "depth": 9}'),
-            "does not describe a model this code can build",
-        ),
-        (lambda f: save_model(build_model(VAEConfig(latent_dim=5)), f), None),  # foreign weights
-    ],
-)
-def test_a_damaged_or_foreign_model_folder_gives_one_clear_error(tmp_path, damage, message):
-    folder = _vae_folder(tmp_path)
-    if message is None:  # weights of a 5-d model under the 3-d model's config
-        other = _vae_folder(tmp_path / "other", latent_dim=5)
-        (folder / WEIGHTS_FILE).write_bytes((other / WEIGHTS_FILE).read_bytes())
-        message = "model.pt does not fit the model its config.json describes (Error(s) in loading"
-    else:
-        damage(folder)
-    with pytest.raises(CheckpointError) as error:
-        load_model(folder)
-    assert message in str(error.value)
-    assert "\n" not in str(error.value) and "dvc" in str(error.value)
+    assert fingerprint() == fingerprint()
+    assert fingerprint(dataclasses.replace(base, latent_dim=16)) != fingerprint()
+    assert fingerprint(processes=2) != fingerprint()
+    assert fingerprint(data="e") != fingerprint()
+    other_stage = dataclasses.replace(base, generate=dataclasses.replace(base.generate, nrow=4))
+    assert fingerprint(other_stage) == fingerprint()  # generate.* never reaches the weights

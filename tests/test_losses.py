@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mnist_vae.losses import iwae_nll, kl_to_standard_normal, negative_elbo
+from mnist_vae.model import VAEOutput
 
 
 def test_negative_elbo_against_hand_computation():
@@ -19,15 +20,18 @@ def test_negative_elbo_against_hand_computation():
     kl_first = 0.5 * (1 + 1 - 1 - 0) + 0.5 * (0 + 2 - 1 - math.log(2.0))
     kl = (kl_first + 0.0) / 2
 
-    parts = negative_elbo(logits, x, mean, logvar, "bce")
+    parts = negative_elbo(VAEOutput(logits, mean, logvar), x, "bce")
     assert parts.recon.item() == pytest.approx(recon)
     assert parts.kl.item() == pytest.approx(kl)
-    assert parts.total.item() == pytest.approx(recon + kl)
+    assert parts.loss.item() == pytest.approx(recon + kl)
+    assert parts.as_dict("test_") == {"test_loss": parts.loss, "test_recon": parts.recon,
+                                      "test_kl": parts.kl}  # fmt: skip
 
 
 def test_mse_option_is_the_squared_error_of_probabilities():
     x = torch.tensor([[1.0, 0.0]])
-    parts = negative_elbo(torch.zeros(1, 2), x, torch.zeros(1, 1), torch.zeros(1, 1), "mse")
+    output = VAEOutput(torch.zeros(1, 2), torch.zeros(1, 1), torch.zeros(1, 1))
+    parts = negative_elbo(output, x, "mse")
     assert parts.recon.item() == pytest.approx(0.25 + 0.25)
     assert parts.kl.item() == 0.0
 
@@ -38,10 +42,9 @@ def test_kl_is_zero_only_at_the_prior():
 
 
 def test_unknown_loss_is_refused():
-    with pytest.raises(ValueError, match="unknown reconstruction loss"):
-        negative_elbo(
-            torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 1), torch.zeros(1, 1), "l1"
-        )
+    output = VAEOutput(torch.zeros(1, 2), torch.zeros(1, 1), torch.zeros(1, 1))
+    with pytest.raises(ValueError, match=r"unknown loss 'l1'; expected one of \('bce', 'mse'\)"):
+        negative_elbo(output, torch.zeros(1, 2), "l1")
 
 
 class _PriorModel:

@@ -3,8 +3,16 @@ import json
 import pytest
 import torch
 
-from mnist_vae.checkpoint import CONFIG_FILE
-from mnist_vae.model import ARCHITECTURES, VAEConfig, build_model, load_model, save_model
+from mnist_vae.model import (
+    ARCHITECTURES,
+    VAEConfig,
+    VAEOutput,
+    build_model,
+    load_model,
+    save_model,
+)
+from mnist_vae.model_folder import CONFIG_FILE
+from mnist_vae.params import ARCH_NAMES
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -14,8 +22,10 @@ def test_shapes_follow_the_config(latent_dim, arch):
     x = torch.rand(3, 1, 28, 28)
     mean, logvar = model.encode(x)
     assert mean.shape == logvar.shape == (3, latent_dim)
-    logits, _, _ = model(x)
-    assert logits.shape == x.shape
+    output = model(x)
+    assert isinstance(output, VAEOutput)
+    assert output.logits.shape == x.shape
+    assert output.mean.shape == output.logvar.shape == (3, latent_dim)
     assert model.decode(torch.randn(5, latent_dim)).shape == (5, 1, 28, 28)
 
 
@@ -77,7 +87,7 @@ def _macs(model) -> int:
 def test_other_image_sizes_need_no_code_change(arch):
     model = build_model(VAEConfig(image_size=32, in_channels=3, latent_dim=4, arch=arch))
     x = torch.rand(2, 3, 32, 32)
-    assert model(x)[0].shape == x.shape
+    assert model(x).logits.shape == x.shape
 
 
 def test_uniform_api_outputs_are_images_in_unit_range():
@@ -108,6 +118,10 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = load_model(tmp_path)
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(loaded.reconstruct(x), model.reconstruct(x))
+
+
+def test_the_architectures_are_the_ones_params_yaml_allows():
+    assert tuple(ARCHITECTURES) == ARCH_NAMES
 
 
 def test_unknown_architecture():

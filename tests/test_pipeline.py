@@ -103,6 +103,8 @@ def _small_project(folder: Path, mnist_mirror: Path) -> tuple[Path, dict[str, st
         GIT_AUTHOR_EMAIL="test@localhost",
         GIT_COMMITTER_NAME="test",
         GIT_COMMITTER_EMAIL="test@localhost",
+        # sample CPU and memory every second: the small slice trains for a few seconds only
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
     )
     git = ("git", "-c", "init.defaultBranch=main")
     _sh(*git, "init", "-q", cwd=project, env=env)
@@ -164,6 +166,17 @@ def test_the_run_is_recorded_in_mlflow(project):
     assert run.data.tags[tracking.GIT_COMMIT_TAG] == head
     assert run.data.tags[tracking.DATA_TAG] == dataset_digest(project / "data/mnist")
     assert tracking.EXP_NAME_TAG not in run.data.tags  # a plain `dvc repro` is no experiment
+    # the values the run used beside params.yaml's, the data as inputs, the UI's view
+    assert run.data.params["train.effective_batch_size"] == run.data.params["train.batch_size"]
+    assert run.data.params["train.effective_lr"] == run.data.params["train.lr"]
+    assert run.data.params["train.device_used"] == "cpu"
+    assert {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs} == {
+        ("mnist-training", "training"),
+        ("mnist-testing", "testing"),
+    }
+    assert any(key.startswith("system/") for key in run.data.metrics)
+    experiment = client.get_experiment_by_name("mnist-vae")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     history = client.get_metric_history(run.info.run_id, "test_loss")
     assert [(m.step, m.value) for m in history] == [
         (1, json.loads((project / "data/metrics/train.json").read_text())["test_loss"])
@@ -384,6 +397,7 @@ def test_the_mlflow_ui_shows_the_run_in_headless_chromium(project, tmp_path):
             [*browser, f"--screenshot={screenshot}", page], capture_output=True, timeout=180
         )
     assert "z10-fast-e1-seed0" in dom, dom[-2000:]
+    assert "mnist-training" in dom, "the runs table's Dataset column names the training data"
     with Image.open(screenshot) as image:
         assert image.size == (1400, 900)
     print(f"MLflow UI screenshot: {screenshot}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import time
 
 import mlflow
 import pytest
@@ -21,13 +23,13 @@ def store(tmp_path, monkeypatch):
 def _evaluated_run(nll: float, register: bool = True) -> str:
     with mlflow.start_run() as run:
         mlflow.log_metric(tracking.PROMOTION_METRIC, nll)
-        mlflow.log_text("weights", f"{tracking.MODEL_FILES}/model.pt")
+        mlflow.log_text("weights", f"{tracking.MODEL_FOLDER_ARTIFACT}/model.pt")
     if register:
         client = mlflow.MlflowClient()
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # already there
             client.create_registered_model(tracking.REGISTERED_MODEL)
         client.create_model_version(
-            tracking.REGISTERED_MODEL, f"{run.info.artifact_uri}/{tracking.MODEL_FILES}",
+            tracking.REGISTERED_MODEL, f"{run.info.artifact_uri}/{tracking.MODEL_FOLDER_ARTIFACT}",
             run_id=run.info.run_id,
         )  # fmt: skip
     return run.info.run_id
@@ -90,3 +92,64 @@ def test_champion_model_files(store, tmp_path_factory):
     tracking.promote_if_better(run_id)
     folder = tracking.champion_model_files(store / "dl", root=store)
     assert (folder / "model.pt").read_text() == "weights"
+
+
+def test_the_experiment_opens_as_model_training_in_the_ui(store):
+    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # an experiment made before the tag existed gets it on the next configure
+    client = mlflow.MlflowClient()
+    client.delete_experiment_tag(experiment.experiment_id, tracking.EXPERIMENT_KIND_TAG)
+    tracking.configure(store)
+    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store, monkeypatch):
+    import numpy as np
+    from mlflow.system_metrics import set_system_metrics_sampling_interval
+
+    from mnist_vae.params import Params
+
+    set_system_metrics_sampling_interval(0.5)
+    monkeypatch.chdir(store)
+    train = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)
+    test = train[:2].copy()
+    used = {"train.effective_batch_size": 512, "train.effective_lr": 0.006}
+    with tracking.training_run(
+        Params(), used, data_checksum="abc", datasets={"training": train, "testing": test},
+        source_url="https://example.org/mnist/", resume_run_id=None,
+    ) as run:  # fmt: skip
+        time.sleep(2)  # a few samples of the system metrics
+    set_system_metrics_sampling_interval(None)
+    logged = mlflow.get_run(run.run_id)
+    assert logged.data.params["train.lr"] == "0.003"
+    assert logged.data.params["train.effective_lr"] == "0.006"
+    assert logged.data.params["train.effective_batch_size"] == "512"
+    assert logged.data.tags[tracking.DATA_TAG] == "abc"
+    inputs = {
+        d.tags[0].value: d.dataset for d in logged.inputs.dataset_inputs
+    }  # context -> dataset
+    assert set(inputs) == {"training", "testing"}
+    assert inputs["training"].name == "mnist-training"
+    assert inputs["training"].digest == hashlib.sha256(train.data).hexdigest()[:32]
+    assert inputs["testing"].digest != inputs["training"].digest
+    assert any(key.startswith("system/cpu_utilization") for key in logged.data.metrics)
+    assert any(key.startswith("system/system_memory_usage") for key in logged.data.metrics)
+
+    # continuing the run (a resumed training) logs nothing twice
+    with tracking.training_run(
+        Params(), used, data_checksum="abc", datasets={"training": train, "testing": test},
+        source_url="https://example.org/mnist/", resume_run_id=run.run_id,
+    ) as again:  # fmt: skip
+        assert again.run_id == run.run_id
+    assert len(mlflow.get_run(run.run_id).inputs.dataset_inputs) == 2
+
+
+def test_off_rank_zero_a_training_run_is_a_no_op(store):
+    with tracking.training_run(
+        None, {}, data_checksum="", datasets={}, source_url="", resume_run_id=None, enabled=False
+    ) as run:  # fmt: skip
+        assert run.run_id is None
+        run.log_epoch(None)  # nothing to log, nothing raised
+    assert mlflow.active_run() is None

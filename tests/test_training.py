@@ -3,23 +3,32 @@ import re
 import pytest
 import torch
 
+from mnist_vae.distributed import Cluster
+from mnist_vae.errors import ParamsError
+from mnist_vae.losses import LossParts
 from mnist_vae.model import VAEConfig
+from mnist_vae.params import Params, TrainParams
 from mnist_vae.training import (
+    EpochMetrics,
     TrainingDiverged,
-    evaluate,
     fit,
+    held_out_loss,
     lr_schedule,
+    plan_training,
     resolve_device,
     seeded_model,
     train_epoch,
 )
 
 
+def _params(seed: int = 0, **train) -> Params:
+    settings = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", **train}
+    return Params(latent_dim=4, seed=seed, train=TrainParams(**settings))
+
+
 def _train(seed: int, images: torch.Tensor):
     model = seeded_model(VAEConfig(latent_dim=4), seed)
-    history = fit(
-        model, images[:48], images[48:], epochs=2, batch_size=16, lr=1e-3, seed=seed, progress=False
-    )
+    history = fit(model, images[:48], images[48:], _params(seed), progress=False).history
     return model, history
 
 
@@ -45,26 +54,66 @@ def test_history_reports_every_epoch_with_consistent_parts():
     _, history = _train(0, _images())
     assert [m.epoch for m in history] == [1, 2]
     for m in history:
-        assert abs(m.train_loss - (m.train_recon + m.train_kl)) < 1e-3
-        assert abs(m.test_loss - (m.test_recon + m.test_kl)) < 1e-3
+        for parts in (m.train, m.test):
+            assert abs(parts.loss - (parts.recon + parts.kl)) < 1e-3
+
+
+def test_epoch_metrics_are_the_history_columns_and_read_back():
+    row = EpochMetrics(3, LossParts(9.0, 7.0, 2.0), LossParts(10.0, 8.0, 2.0))
+    assert list(row.as_dict()) == [
+        "epoch", "train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl"
+    ]  # fmt: skip
+    assert EpochMetrics.from_dict(row.as_dict()) == row
 
 
 def test_training_lowers_the_loss():
     images = _images()
     model = seeded_model(VAEConfig(latent_dim=4), 0)
-    before = evaluate(model, images)["loss"]
-    fit(model, images, images, epochs=3, batch_size=16, lr=1e-3, progress=False)
-    assert evaluate(model, images)["loss"] < before
+    before = held_out_loss(model, images, "bce", seed=0).loss
+    fit(model, images, images, _params(epochs=3), progress=False)
+    assert held_out_loss(model, images, "bce", seed=0).loss < before
 
 
-def test_evaluate_is_deterministic_and_size_weighted():
+def test_held_out_loss_is_deterministic_and_size_weighted():
     model = seeded_model(VAEConfig(latent_dim=4), 0)
     images = _images()
-    assert evaluate(model, images, batch_size=64) == evaluate(model, images, batch_size=64)
+
+    def loss(batch_size: int) -> LossParts:
+        return held_out_loss(model, images, "bce", seed=0, batch_size=batch_size)
+
+    assert loss(64) == loss(64)
     # the single-sample estimate differs with batching, but is an average either way
-    whole = evaluate(model, images, batch_size=64)["loss"]
-    split = evaluate(model, images, batch_size=40)["loss"]
-    assert abs(whole - split) / whole < 0.05
+    assert abs(loss(64).loss - loss(40).loss) / loss(64).loss < 0.05
+
+
+def test_the_plan_is_what_runs_on_one_process_on_the_cpu():
+    plan = plan_training(TrainParams(batch_size=128, lr=3e-3, device="cpu"), Cluster(), 60_000)
+    assert (plan.batch_size, plan.lr, plan.effective_batch_size) == (128, 3e-3, 128)
+    assert plan.steps_per_epoch == 469
+    assert plan.as_params() == {
+        "train.device_used": "cpu", "train.processes": 1,
+        "train.effective_batch_size": 128, "train.effective_lr": 3e-3,
+    }  # fmt: skip
+    assert ", batch 128, lr 0.003, 469 steps per epoch" in plan.describe()
+
+
+def test_on_cuda_the_plan_scales_batch_and_lr_and_says_so(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    params = TrainParams(batch_size=128, lr=3e-3, cuda_batch_scale=4)
+    plan = plan_training(params, Cluster(rank=1, world_size=2, local_rank=1), 60_000)
+    assert plan.device == torch.device("cuda", 1)
+    assert (plan.batch_size, plan.lr) == (512, pytest.approx(6e-3))
+    assert plan.effective_batch_size == 1024
+    assert plan.steps_per_epoch == 59  # 30,000 images per process, 512 at a time
+    assert plan.as_params()["train.effective_batch_size"] == 1024
+    assert plan.as_params()["train.effective_lr"] == pytest.approx(6e-3)
+    assert "x 2 processes (nccl), effective batch 2 x 512 = 1024, lr 0.006" in plan.describe()
+
+
+def test_a_batch_larger_than_a_process_share_is_a_params_error():
+    with pytest.raises(ParamsError, match=r"train\.batch_size = 64 is larger than the 50 "):
+        plan_training(TrainParams(batch_size=64, device="cpu"), Cluster(0, 2, 0), 100)
+    plan_training(TrainParams(batch_size=50, device="cpu"), Cluster(0, 2, 0), 100)
 
 
 def test_cosine_schedule_falls_from_lr_to_zero_and_constant_stays():
@@ -91,8 +140,7 @@ def test_the_schedule_changes_training():
     constant = seeded_model(VAEConfig(latent_dim=4), 0)
     cosine = seeded_model(VAEConfig(latent_dim=4), 0)
     for model, schedule in ((constant, "constant"), (cosine, "cosine")):
-        fit(model, images, images, epochs=2, batch_size=16, lr=1e-3, schedule=schedule,
-            progress=False)  # fmt: skip
+        fit(model, images, images, _params(schedule=schedule), progress=False)
     assert not torch.equal(constant.to_mean.weight, cosine.to_mean.weight)
 
 
@@ -109,12 +157,12 @@ def test_device_auto_picks_cuda_only_when_present(monkeypatch):
 def test_bf16_autocast_trains_with_a_float32_loss():
     images = _images()
     model = seeded_model(VAEConfig(latent_dim=4), 0)
-    history = fit(model, images[:48], images[48:], epochs=1, batch_size=16, lr=1e-3, bf16=True,
-                  progress=False)  # fmt: skip
+    history = fit(model, images[:48], images[48:], _params(epochs=1, bf16=True),
+                  progress=False).history  # fmt: skip
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert torch.isfinite(torch.tensor(history[0].train_loss))
+    assert torch.isfinite(torch.tensor(history[0].train.loss))
     plain = seeded_model(VAEConfig(latent_dim=4), 0)
-    fit(plain, images[:48], images[48:], epochs=1, batch_size=16, lr=1e-3, progress=False)
+    fit(plain, images[:48], images[48:], _params(epochs=1), progress=False)
     assert not torch.equal(plain.to_mean.weight, model.to_mean.weight)  # bf16 did run
 
 

@@ -1,97 +1,71 @@
-"""Model folders: the config that built a model, as JSON, beside its weights.
+"""The train stage's resume checkpoint: what it takes to continue an interrupted training.
 
-One way to write and read them for every network in the project (the VAE, the
-classifier), so a folder always describes itself and weights are only ever read
-with ``torch.load(..., weights_only=True)``: loading never runs pickled code.
-A folder that cannot be loaded (missing, truncated or foreign files, weights that
-do not fit the config) raises :class:`CheckpointError` naming the file and what
-to do, never a traceback from deep inside torch.
+After every epoch the training loop writes the model, optimizer, schedule and generator
+states, the history so far and the training seconds to one file (atomically: a kill
+mid-write leaves the previous one). A re-run with the same fingerprint (the params that
+fix the weights, the number of processes, the data checksum) continues from it, in the
+same MLflow run, bit for bit; one from other params or data is ignored. The file is
+removed when training completes.
+
+(Model folders, the weights one stage hands to the next, are :mod:`.model_folder`.)
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
-from collections.abc import Callable
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-from torch import nn
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
+from .params import TRAINING_KEYS, Params
 
 
-def save_checkpoint(folder: str | Path, config: Any, state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write ``config`` (a dataclass) to ``config.json`` and ``state_dict`` to ``model.pt``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
-    (folder / CONFIG_FILE).write_text(config_json + "\n")
-    torch.save(state_dict, folder / WEIGHTS_FILE)
-    return folder
+def training_fingerprint(params: Params, processes: int, data_checksum: str) -> str:
+    """A digest of everything that determines a training run's weights."""
+    settings = {**params.flat(TRAINING_KEYS), "processes": processes}
+    blob = json.dumps({"params": settings, "data": data_checksum}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
-Module = TypeVar("Module", bound=nn.Module)
-_RESTORE = "re-create it with `dvc repro` or restore it with `dvc checkout` / `dvc pull`"
+@dataclass
+class Checkpoint:
+    """The resume file of one training, identified by its fingerprint."""
 
+    path: Path
+    fingerprint: str
+    run_id: str | None = None
+    """the MLflow run the training logs to, saved so that a resumed training continues it"""
 
-class CheckpointError(ValueError):
-    """A model folder that cannot be loaded; the message names the file and what to do."""
+    def load(self) -> dict[str, Any] | None:
+        """The saved state when it belongs to this fingerprint, else None.
 
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def load_checkpoint(
-    folder: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The config mapping and the state_dict of a model folder."""
-    folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing; {_RESTORE}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_path} is not valid JSON ({error}); {_RESTORE}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path} holds no JSON object; {_RESTORE}")
-    try:
-        state = torch.load(weights_path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises many kinds for a damaged or foreign file
-        if "Unsupported global" in str(error):  # weights_only refused to build an object
-            reason = "it holds Python objects besides tensors, which are never unpickled"
+        Read with ``weights_only=True`` like every weights file; an unreadable one is reported
+        and ignored (training starts afresh and overwrites it)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # whatever torch raises for it, the answer is to start afresh
+            reason = f"unreadable: {type(error).__name__}"
+            state = None
         else:
-            reason = f"truncated or not a PyTorch weights file: {type(error).__name__}"
-        raise CheckpointError(f"{weights_path} cannot be read ({reason}); {_RESTORE}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{weights_path} holds no state_dict of tensors; {_RESTORE}")
-    return config, state
+            reason = "it belongs to other params or data"
+        if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint:
+            return state
+        print(f"ignoring checkpoint {self.path} ({reason}); training starts afresh", flush=True)
+        return None
 
+    def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` with the fingerprint and run id, atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        torch.save({**state, "fingerprint": self.fingerprint, "run_id": self.run_id}, partial)
+        os.replace(partial, self.path)
 
-def load_module(
-    folder: str | Path,
-    build: Callable[[dict[str, Any]], Module],
-    map_location: str | torch.device = "cpu",
-) -> Module:
-    """Build a network from a folder's config with ``build`` and load its weights into it."""
-    config, state = load_checkpoint(folder, map_location)
-    try:
-        module = build(config)
-    except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(
-            f"{Path(folder) / CONFIG_FILE} does not describe a model this code can build "
-            f"({_first_line(error)}); {_RESTORE}"
-        ) from None
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"{Path(folder) / WEIGHTS_FILE} does not fit the model its {CONFIG_FILE} describes "
-            f"({_first_line(error)}); {_RESTORE}"
-        ) from None
-    return module.eval()
+    def remove(self) -> None:
+        """Training is complete: a later run starts afresh."""
+        self.path.unlink(missing_ok=True)

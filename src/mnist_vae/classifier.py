@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from .checkpoint import load_module, save_checkpoint
-from .training import PROGRESS_INTERVAL, batches
+from .data import batches
+from .model_folder import load_module, save_model_folder
+from .progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,12 @@ def train_classifier(
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(images), generator=generator)
-        for index, _ in tqdm(
-            batches(len(images), batch_size, order),
+        for index, _ in progress_bar(
+            progress,
+            iterable=batches(len(images), batch_size, order),
             total=n_batches,
             unit="batch",
             desc=f"classifier epoch {epoch}/{epochs}",
-            disable=not progress,
-            leave=False,
-            mininterval=PROGRESS_INTERVAL,
         ):
             loss = F.cross_entropy(model(images[index]), labels[index])
             optimizer.zero_grad(set_to_none=True)
@@ -120,7 +118,7 @@ def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor)
 
 
 def save_classifier(model: DigitClassifier, folder: str | Path) -> Path:
-    return save_checkpoint(folder, model.config, model.state_dict())
+    return save_model_folder(folder, model.config, model.state_dict())
 
 
 def load_classifier(folder: str | Path) -> DigitClassifier:

@@ -25,7 +25,10 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
-from tqdm import tqdm
+
+from .errors import DownloadError
+from .params import BINARIZATIONS
+from .progress import progress_bar
 
 MIRROR_ENV = "MNIST_MIRROR"
 
@@ -51,10 +54,6 @@ SPLIT_FILES = {
 _CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
-    """No source served a verified copy of an MNIST file."""
-
-
 class ChecksumError(ValueError):
     """Fetched bytes decompress to something other than the official file."""
 
@@ -78,9 +77,7 @@ def fetch(source: str, filename: str, timeout: float, progress: bool = True) -> 
     with urllib.request.urlopen(request, timeout=timeout) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         chunks = []
-        with tqdm(
-            total=total, unit="B", unit_scale=True, desc=filename, disable=not progress, leave=False
-        ) as bar:
+        with progress_bar(progress, total=total, unit="B", unit_scale=True, desc=filename) as bar:
             while chunk := response.read(_CHUNK):
                 chunks.append(chunk)
                 bar.update(len(chunk))
@@ -177,7 +174,6 @@ def load_images(
 # Binarised test images are drawn once, with this seed whatever the run's own seed, so
 # every experiment is scored on the very same binary test set.
 TEST_BINARIZATION_SEED = 0
-BINARIZATIONS = ("none", "dynamic")
 
 
 def load_test_images(
@@ -202,3 +198,11 @@ def dataset_digest(data_dir: str | Path) -> str:
     for name in MNIST_SHA256:
         h.update(hashlib.sha256((data_dir / name).read_bytes()).digest())
     return h.hexdigest()
+
+
+def batches(n: int, batch_size: int, order: torch.Tensor | None = None):
+    """Index slices (or index tensors, given an ``order``) of consecutive batches, with sizes:
+    how every loop here walks through images held in one tensor."""
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yield (order[start:stop] if order is not None else slice(start, stop)), stop - start

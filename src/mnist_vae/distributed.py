@@ -29,9 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
-
-class DistributedError(RuntimeError):
-    """torchrun's environment is incomplete or inconsistent."""
+from .errors import DistributedError
 
 
 @dataclass(frozen=True)

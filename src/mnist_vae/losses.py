@@ -1,31 +1,43 @@
 """The VAE objective: the negative ELBO and its two parts, averaged over images.
 
-With ``recon="bce"`` the reconstruction term is the Bernoulli negative
+With ``loss="bce"`` the reconstruction term is the Bernoulli negative
 log-likelihood summed over pixels (binary cross-entropy against grey levels),
 so the total is the negative ELBO per image in nats, exactly as pytorch/examples'
-VAE defines it and numbers compare. ``recon="mse"`` is the original student
+VAE defines it and numbers compare. ``loss="mse"`` is the original student
 project's squared error, summed over pixels of the decoded probabilities.
+
+``loss`` names the kind of loss everywhere (``train.loss`` in params.yaml);
+:class:`LossParts` carries its value and its two parts from here to the metrics
+tables and MLflow, under the names those use: ``loss``, ``recon``, ``kl``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from .params import LOSSES
+
 if TYPE_CHECKING:
-    from .model import ConvVAE
+    from .model import ConvVAE, VAEOutput
 
 _LOG_2PI = math.log(2 * math.pi)
-LOSSES = ("bce", "mse")
 
 
 class LossParts(NamedTuple):
-    total: torch.Tensor
-    recon: torch.Tensor
-    kl: torch.Tensor
+    """The negative ELBO (``loss``) and its two parts: tensors from :func:`negative_elbo`,
+    floats once averaged over a data set (per image, in nats for ``bce``)."""
+
+    loss: Any
+    recon: Any
+    kl: Any
+
+    def as_dict(self, prefix: str = "") -> dict[str, Any]:
+        """``{"loss": ..., "recon": ..., "kl": ...}``, each name after ``prefix``."""
+        return {f"{prefix}{name}": value for name, value in self._asdict().items()}
 
 
 def kl_per_dimension(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -38,27 +50,21 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     return kl_per_dimension(mean, logvar).sum(dim=1)
 
 
-def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, recon: str) -> torch.Tensor:
-    """Per-image reconstruction term, summed over pixels."""
-    if recon == "bce":
+def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-image reconstruction term of the ``loss`` kind, summed over pixels."""
+    if loss == "bce":
         per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-    elif recon == "mse":
+    elif loss == "mse":
         per_pixel = (torch.sigmoid(logits) - x).pow(2)
     else:
-        raise ValueError(f"unknown reconstruction loss {recon!r}; expected one of {LOSSES}")
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     return per_pixel.flatten(1).sum(dim=1)
 
 
-def negative_elbo(
-    logits: torch.Tensor,
-    x: torch.Tensor,
-    mean: torch.Tensor,
-    logvar: torch.Tensor,
-    recon: str = "bce",
-) -> LossParts:
-    """Mean over the batch of reconstruction + KL, with both parts."""
-    rec = reconstruction_error(logits, x, recon).mean()
-    kl = kl_to_standard_normal(mean, logvar).mean()
+def negative_elbo(output: VAEOutput, x: torch.Tensor, loss: str) -> LossParts:
+    """Mean over the batch of reconstruction + KL, with both parts (tensors)."""
+    rec = reconstruction_error(output.logits, x, loss).mean()
+    kl = kl_to_standard_normal(output.mean, output.logvar).mean()
     return LossParts(rec + kl, rec, kl)
 
 

@@ -19,9 +19,9 @@ from torchmetrics.functional.image import (
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from .classifier import DigitClassifier, FeatureExtractor, predict
+from .data import batches
 from .losses import iwae_nll, kl_per_dimension, reconstruction_error
 from .model import ConvVAE
-from .training import batches
 
 N_DIGITS = 10
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .checkpoint import load_module, save_checkpoint
+from .model_folder import load_module, save_model_folder
 
 Layers = tuple[tuple[int, int, int], ...]  # (out_channels, kernel, stride) per encoder layer
 
@@ -64,6 +65,22 @@ def _padding(kernel: int) -> int:
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:
     return (size + 2 * _padding(kernel) - kernel) // stride + 1
+
+
+class VAEOutput(NamedTuple):
+    """What ``forward`` returns: a reconstruction through one posterior sample, and the
+    posterior it was drawn from (a tuple, so DDP and ``torch.compile`` see its tensors)."""
+
+    logits: torch.Tensor
+    """Bernoulli logits of the reconstruction, ``[N, C, H, W]``"""
+    mean: torch.Tensor
+    """posterior mean, ``[N, latent_dim]``"""
+    logvar: torch.Tensor
+    """posterior log-variance, ``[N, latent_dim]``"""
+
+    def float(self) -> VAEOutput:
+        """All three in float32 (after bfloat16 autocast; a no-op otherwise)."""
+        return VAEOutput(*(t.float() for t in self))
 
 
 class ConvVAE(nn.Module):
@@ -129,12 +146,10 @@ class ConvVAE(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + eps * torch.exp(0.5 * logvar)
 
-    def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits of a reconstruction through one posterior sample, and the posterior."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
+        """A reconstruction through one posterior sample (noise from ``generator``)."""
         mean, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mean, logvar, generator)), mean, logvar
+        return VAEOutput(self.decode(self.reparameterize(mean, logvar, generator)), mean, logvar)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +183,7 @@ def build_model(config: VAEConfig) -> ConvVAE:
 
 def save_model(model: ConvVAE, folder: str | Path) -> Path:
     """Weights as a ``state_dict`` plus the config as JSON, in one folder."""
-    return save_checkpoint(folder, model.config, model.state_dict())
+    return save_model_folder(folder, model.config, model.state_dict())
 
 
 def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> ConvVAE:

@@ -41,7 +41,7 @@ from .model import ConvVAE, load_model
 MODES = ("decode", "encode", "reconstruct", "sample")
 MAX_ROWS = 1024
 """The most latent vectors, images or samples one request may ask for."""
-MODEL_FILES = "model_files"  # the pyfunc artifact holding the model folder
+MODEL_ARTIFACT_KEY = "model_files"  # the pyfunc's artifacts entry holding the model folder
 ARTIFACT_PATH = "model"  # the pyfunc model's name within its run
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
 
@@ -84,7 +84,7 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
     model: ConvVAE
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = load_model(context.artifacts[MODEL_FILES])
+        self.model = load_model(context.artifacts[MODEL_ARTIFACT_KEY])
 
     def load_folder(self, folder: str | Path) -> VAEPyfunc:
         """Use the model folder directly (tests, and Python callers without MLflow)."""
@@ -171,7 +171,7 @@ def log_pyfunc_model(
     return mlflow.pyfunc.log_model(
         name=ARTIFACT_PATH,
         python_model=str(MODEL_CODE),
-        artifacts={MODEL_FILES: str(model_dir)},
+        artifacts={MODEL_ARTIFACT_KEY: str(model_dir)},
         code_paths=[str(package)],
         signature=signature(),
         input_example=(np.zeros((2, latent_dim), dtype=np.float32), {"mode": "decode"}),

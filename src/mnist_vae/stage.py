@@ -1,26 +1,16 @@
-"""What every stage script shares: run the body, turn known failures into one clear line."""
+"""What every stage script shares: run the body, turn known failures into one clear line,
+write metrics files."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from .checkpoint import CheckpointError
-from .data import DownloadError
-from .distributed import DistributedError
-from .params import ParamsError
-from .training import TrainingDiverged
-
-# Errors whose message tells the user what to do; a traceback would only hide it.
-USER_ERRORS = (
-    ParamsError,
-    DownloadError,
-    CheckpointError,
-    TrainingDiverged,
-    DistributedError,
-    FileNotFoundError,
-)
+from .errors import USER_ERRORS
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -37,3 +27,11 @@ def run(main: Callable[[], object], name: str) -> None:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def write_metrics(path: str | Path, values: dict[str, Any]) -> Path:
+    """A metrics file for ``dvc metrics``: indented JSON, one key per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values, indent=2) + "\n")
+    return path

@@ -1,7 +1,10 @@
 """MLflow: where runs are stored, and the one run that holds a model's lineage.
 
-The train stage opens the run and tags it with the sha256 of the weights it
-wrote. Later stages find that run from the weights file they read, so every
+The train stage opens the run with :func:`training_run` (a new one, or the one an
+interrupted training was logging to): params as params.yaml says them and as the
+run used them, the training and test images as the run's dataset inputs, system
+metrics (CPU, memory) while it trains. It tags the run with the sha256 of the
+weights it wrote. Later stages find that run from the weights file they read, so every
 image and metric of a model lands in the model's own run, while the pipeline's
 outputs (and so ``dvc.lock``) stay free of run ids that would differ each time.
 
@@ -16,25 +19,37 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
+from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.exceptions import MlflowException
+
+if TYPE_CHECKING:
+    from .params import Params
+    from .training import EpochMetrics
 
 EXPERIMENT_NAME = "mnist-vae"
 REGISTERED_MODEL = "mnist-vae"
 CHAMPION_ALIAS = "champion"
 PROMOTION_METRIC = "eval.iwae_nll"
 PROMOTION_TAG = "mnist_vae.promotion"
-MODEL_FILES = "model_files"  # the run's artifact folder holding model.pt and config.json
+MODEL_FOLDER_ARTIFACT = "model_files"  # the run's artifact folder: model.pt and config.json
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 MODEL_SHA_TAG = "mnist_vae.model_sha256"
 DATA_TAG = "mnist_vae.data"  # checksum of the MNIST files the model was trained on
 EXP_NAME_TAG = "dvc.exp_name"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own name for it
+# The UI opens an experiment in the view its kind names (else it guesses, often GenAI).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DIGEST_LENGTH = 32  # hex digits of a dataset input's sha256 (MLflow stores at most 36)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -96,13 +111,85 @@ def configure(root: str | Path | None = None) -> str:
     experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is not None:
         experiment_id = experiment.experiment_id
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by older code
+            mlflow.MlflowClient().set_experiment_tag(
+                experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
     else:
         # With the default local store, keep artifacts beside it rather than in
         # whatever folder the first run happened to start from.
         location = (root / ARTIFACT_DIR).as_uri() if own_store else None
-        experiment_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+        experiment_id = mlflow.create_experiment(
+            EXPERIMENT_NAME, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def log_dataset(images: Any, name: str, source_url: str, context: str) -> None:
+    """Record ``images`` (an array or CPU tensor) as an input of the active run, with the
+    sha256 of their bytes as digest: runs on the same images show the same digest."""
+    array = np.ascontiguousarray(np.asarray(images))
+    digest = hashlib.sha256(array.data).hexdigest()[:DIGEST_LENGTH]
+    source = HTTPDatasetSource(source_url)
+    dataset = mlflow.data.from_numpy(array, source=source, name=name, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """The MLflow run of a training as the loop sees it; ``run_id`` None (off rank 0 under
+    torchrun) makes every call a no-op."""
+
+    run_id: str | None
+
+    def log_epoch(self, metrics: EpochMetrics) -> None:
+        if self.run_id is not None:
+            row = metrics.as_dict()
+            epoch = row.pop("epoch")
+            mlflow.log_metrics(row, step=epoch)
+
+    def log_outputs(self, weights: Path, history: Path, metrics: dict[str, float]) -> None:
+        """The trained model's folder (``weights`` and the config beside it), the sha256 tag
+        that later stages find the run by, the history table and the run's final ``metrics``."""
+        if self.run_id is not None:
+            mlflow.log_metrics(metrics)
+            mlflow.set_tag(MODEL_SHA_TAG, file_sha256(weights))
+            mlflow.log_artifacts(str(weights.parent), MODEL_FOLDER_ARTIFACT)
+            mlflow.log_artifact(str(history), "metrics")
+
+
+@contextmanager
+def training_run(
+    params: Params,
+    used: Mapping[str, Any],
+    *,
+    data_checksum: str,
+    datasets: Mapping[str, Any],
+    source_url: str,
+    resume_run_id: str | None,
+    enabled: bool = True,
+) -> Iterator[TrainingRun]:
+    """Open the run of a training: continue ``resume_run_id``, or start a new run named after
+    the params and log the params, the values ``used`` (batch size, lr, device as run) and
+    ``datasets`` (``{"training": images, "testing": images}``, whose files are those
+    at ``source_url``, checksums verified).
+    System metrics are sampled while it is open. ``enabled=False`` opens nothing."""
+    if not enabled:
+        yield TrainingRun(None)
+        return
+    configure()
+    if resume_run_id is not None:
+        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
+    else:
+        name = run_name(params.latent_dim, params.model.arch, params.train.epochs, params.seed)
+        run = mlflow.start_run(run_name=name, tags=run_tags(data_checksum), log_system_metrics=True)
+    with run:
+        if resume_run_id is None:
+            mlflow.log_params({**params.flat(), **used})
+            for context, images in datasets.items():
+                log_dataset(images, f"mnist-{context}", source_url, context)
+        yield TrainingRun(run.info.run_id)
 
 
 def find_model_run(weights: str | Path) -> str | None:
@@ -188,6 +275,6 @@ def champion_model_files(dest: str | Path, root: str | Path | None = None) -> Pa
         return None
     return Path(
         mlflow.artifacts.download_artifacts(
-            run_id=champion.run_id, artifact_path=MODEL_FILES, dst_path=str(dest)
+            run_id=champion.run_id, artifact_path=MODEL_FOLDER_ARTIFACT, dst_path=str(dest)
         )
     )

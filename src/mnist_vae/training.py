@@ -1,5 +1,9 @@
 """The training loop: seeded, deterministic on CPU, with progress output.
 
+:func:`fit` takes the typed :class:`~.params.Params` and a :class:`TrainingPlan`, the
+numbers the run actually uses (device, per-process batch size and learning rate after
+``cuda_batch_scale``, processes), derived once by :func:`plan_training` and printed once.
+
 The data are tensors already in memory (on the GPU when training there); a batch
 is an index slice, so there is no per-image Python work in the hot loop. All
 randomness (weight init, shuffling, the reparameterisation noise) flows from the
@@ -19,16 +23,12 @@ decay is what lets a short, fixed budget of epochs end at a low loss.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import sys
+import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,21 +36,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
+from .checkpoint import Checkpoint
+from .data import batches
 from .distributed import Cluster
-from .losses import negative_elbo
-from .model import ConvVAE, VAEConfig, build_model
-
-# Redraw the bar often on a terminal; in a log file (CI, `dvc repro > log`) rarely.
-PROGRESS_INTERVAL = 0.2 if sys.stderr.isatty() else 30.0
-DEVICES = ("auto", "cpu", "cuda")
-SCHEDULES = ("cosine", "constant")
+from .errors import ParamsError, TrainingDiverged
+from .losses import LossParts, negative_elbo
+from .model import ConvVAE, VAEConfig, VAEOutput, build_model
+from .params import SCHEDULES, Params, TrainParams
+from .progress import progress_bar
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the message says where and what to try."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when a GPU is visible, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,6 +56,73 @@ def resolve_device(name: str = "auto") -> torch.device:
             "'auto' or 'cpu'"
         )
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The numbers a training actually runs with, derived from the params once."""
+
+    device: torch.device
+    batch_size: int
+    """images per step in each process (``train.batch_size``, times the CUDA scale on a GPU)"""
+    lr: float
+    """Adam's peak learning rate (``train.lr``, times the square root of the CUDA scale)"""
+    n_train: int
+    cluster: Cluster = field(default_factory=Cluster)
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step over all processes."""
+        return self.batch_size * self.cluster.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Each process visits ceil(n / processes) images (the sampler pads the shards)."""
+        per_process = -(-self.n_train // self.cluster.world_size)
+        return -(-per_process // self.batch_size)
+
+    def as_params(self) -> dict[str, Any]:
+        """For MLflow, beside params.yaml's own ``train.*``."""
+        return {
+            "train.device_used": str(self.device),
+            "train.processes": self.cluster.world_size,
+            "train.effective_batch_size": self.effective_batch_size,
+            "train.effective_lr": self.lr,
+        }
+
+    def describe(self) -> str:
+        where = f"on {self.device}"
+        if self.device.type == "cpu":
+            where += f" ({torch.get_num_threads()} threads)"
+        if self.cluster.distributed:
+            where += (
+                f" x {self.cluster.world_size} processes ({self.cluster.backend(self.device)}), "
+                f"effective batch {self.cluster.world_size} x {self.batch_size} = "
+                f"{self.effective_batch_size}"
+            )
+        else:
+            where += f", batch {self.batch_size}"
+        return f"{where}, lr {self.lr:g}, {self.steps_per_epoch} steps per epoch"
+
+
+def plan_training(params: TrainParams, cluster: Cluster, n_train: int) -> TrainingPlan:
+    """Resolve the device and scale the batch and learning rate for it (on CUDA the batch
+    grows ``cuda_batch_scale`` times and the learning rate by its square root: a GPU runs a
+    big batch in the time of a small one). A batch larger than a process's share of the
+    training images is a :class:`~.errors.ParamsError`."""
+    per_process = -(-n_train // cluster.world_size)
+    if params.batch_size > per_process:
+        raise ParamsError(
+            f"params.yaml: train.batch_size = {params.batch_size} is larger than the "
+            f"{per_process} training images"
+            + (f" each of {cluster.world_size} processes sees" if cluster.distributed else "")
+            + f"; expected at most {per_process}"
+        )
+    device = cluster.place(resolve_device(params.device))
+    scale = params.cuda_batch_scale if device.type == "cuda" else 1
+    return TrainingPlan(
+        device, params.batch_size * scale, params.lr * math.sqrt(scale), n_train, cluster
+    )
 
 
 def lr_schedule(
@@ -77,18 +140,42 @@ def lr_schedule(
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """Per-image means, in nats for the ``bce`` loss."""
+    """One row of the training history: per-image means, in nats for the ``bce`` loss."""
 
     epoch: int
-    train_loss: float
-    train_recon: float
-    train_kl: float
-    test_loss: float
-    test_recon: float
-    test_kl: float
+    train: LossParts
+    test: LossParts
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """``epoch, train_loss, train_recon, train_kl, test_loss, ...``: the history's columns."""
+        return {"epoch": self.epoch, **self.train.as_dict("train_"), **self.test.as_dict("test_")}
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> EpochMetrics:
+        def parts(split: str) -> LossParts:
+            return LossParts(*(row[f"{split}_{name}"] for name in LossParts._fields))
+
+        return cls(int(row["epoch"]), parts("train"), parts("test"))
+
+    def describe(self, epochs: int) -> str:
+        return (
+            f"epoch {self.epoch}/{epochs}: train {self.train.loss:.2f} (recon "
+            f"{self.train.recon:.2f} + kl {self.train.kl:.2f}), test {self.test.loss:.2f} "
+            f"(recon {self.test.recon:.2f} + kl {self.test.kl:.2f})"
+        )
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    history: list[EpochMetrics]
+    """one row per epoch on rank 0 (empty on the other processes)"""
+    seconds: float
+    """training time, including the epochs before a resume"""
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def seeded_model(config: VAEConfig, seed: int) -> ConvVAE:
@@ -97,49 +184,42 @@ def seeded_model(config: VAEConfig, seed: int) -> ConvVAE:
     return build_model(config)
 
 
-def batches(n: int, batch_size: int, order: torch.Tensor | None = None):
-    """Index slices (or index tensors, given an ``order``) of consecutive batches, with sizes."""
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        yield (order[start:stop] if order is not None else slice(start, stop)), stop - start
-
-
-def _per_image(sums: torch.Tensor, n: int) -> dict[str, float]:
-    loss, recon, kl = (sums / n).tolist()
-    return {"loss": loss, "recon": recon, "kl": kl}
+def _per_image(sums: torch.Tensor, n: int) -> LossParts:
+    return LossParts(*(sums / n).tolist())
 
 
 @torch.no_grad()
-def evaluate(
-    model: ConvVAE, images: torch.Tensor, batch_size: int = 1000, recon: str = "bce", seed: int = 0
-) -> dict[str, float]:
-    """Single-sample negative ELBO and its parts, averaged over ``images``."""
+def held_out_loss(
+    model: ConvVAE, images: torch.Tensor, loss: str, seed: int, batch_size: int = 1000
+) -> LossParts:
+    """Single-sample negative ELBO and its parts, averaged over ``images`` (the per-epoch
+    test figure; the evaluate stage's fuller measures are in :mod:`.metrics`)."""
     model.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
     sums = torch.zeros(3, dtype=torch.float64)
     for index, size in batches(len(images), batch_size):
         x = images[index]
-        logits, mean, logvar = model(x, generator)
-        parts = negative_elbo(logits, x, mean, logvar, recon)
+        parts = negative_elbo(model(x, generator), x, loss)
         sums += torch.stack(parts).double().cpu() * size
     return _per_image(sums, len(images))
 
 
 def train_epoch(
-    model: ConvVAE,
+    network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
     batch_size: int,
-    recon: str,
+    loss: str,
     generator: torch.Generator,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    binarize: bool = False,
+    bf16: bool = False,
+    order: torch.Tensor | None = None,
+    epoch: int = 1,
     desc: str = "",
     progress: bool = True,
-    binarize: bool = False,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    bf16: bool = False,
-    epoch: int = 1,
-    order: torch.Tensor | None = None,
-) -> dict[str, float]:
+) -> LossParts:
     """One pass over ``images`` in a seeded random order; returns per-image means.
 
     ``order`` (indices into ``images``, e.g. this process's shard under DDP) replaces the
@@ -148,123 +228,77 @@ def train_epoch(
     With ``binarize``, each grey-level image is re-drawn as Bernoulli pixels every time it
     is seen (dynamic binarisation, as in the binarized-MNIST literature). ``scheduler`` is
     stepped after every batch. ``bf16`` runs the network under bfloat16 autocast (the loss
-    stays in float32). A NaN or infinite loss raises :class:`TrainingDiverged` before the
-    step that would spread it into the weights."""
-    model.train()
+    stays in float32). A NaN or infinite loss raises :class:`~.errors.TrainingDiverged`
+    before the step that would spread it into the weights."""
+    network.train()
     device = images.device
     if order is None:
         order = torch.randperm(len(images), generator=generator, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     n_batches = -(-len(order) // batch_size)
-    with tqdm(
-        total=n_batches,
-        desc=desc,
-        unit="batch",
-        disable=not progress,
-        leave=False,
-        mininterval=PROGRESS_INTERVAL,
-    ) as bar:
+    with progress_bar(progress, total=n_batches, desc=desc, unit="batch") as bar:
         for batch, (index, size) in enumerate(batches(len(order), batch_size, order), 1):
             x = torch.bernoulli(images[index], generator=generator) if binarize else images[index]
             with autocast:
-                logits, mean, logvar = model(x, generator)
-            parts = negative_elbo(logits.float(), x, mean.float(), logvar.float(), recon)
-            if not torch.isfinite(parts.total):
+                output = VAEOutput(*network(x, generator))  # DDP may hand back a plain tuple
+            parts = negative_elbo(output.float(), x, loss)
+            if not torch.isfinite(parts.loss):
                 raise TrainingDiverged(
-                    f"the training loss became {parts.total.item()} at epoch {epoch}, batch "
+                    f"the training loss became {parts.loss.item()} at epoch {epoch}, batch "
                     f"{batch} of {n_batches} (learning rate {optimizer.param_groups[0]['lr']:g}"
                     "); try a lower train.lr, train.schedule: cosine, or train.bf16: false"
                 )
             optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
+            parts.loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             sums += torch.stack([p.detach() for p in parts]).double() * size
             bar.update()
             if batch % 50 == 0:
-                bar.set_postfix(loss=f"{parts.total.item():.2f}", refresh=False)
+                bar.set_postfix(loss=f"{parts.loss.item():.2f}", refresh=False)
     return _per_image(sums.cpu(), len(order))
-
-
-def training_fingerprint(settings: dict[str, Any]) -> str:
-    """A digest of everything that determines a training run (params, data checksum): a
-    checkpoint is only resumed by a run with the same fingerprint."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-def load_training_state(path: str | Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` when it belongs to a run with ``fingerprint``, else None.
-
-    Read with ``weights_only=True`` like every weights file; an unreadable one is reported
-    and ignored (training starts afresh and overwrites it)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # whatever torch raises for it, the answer is to start afresh
-        print(f"ignoring unreadable checkpoint {path} ({type(error).__name__})", flush=True)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        print(f"ignoring checkpoint {path}: it belongs to other params or data", flush=True)
-        return None
-    return state
-
-
-def _save_training_state(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a kill mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
 
 
 def fit(
     model: ConvVAE,
     train_images: torch.Tensor,
     test_images: torch.Tensor,
+    params: Params,
+    plan: TrainingPlan | None = None,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    recon: str = "bce",
-    seed: int = 0,
-    binarize: bool = False,
-    schedule: str = "cosine",
-    device: str | torch.device = "cpu",
-    cuda_batch_scale: int = 1,
-    bf16: bool = False,
-    compile: bool = False,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
-    progress: bool = True,
-    checkpoint: str | Path | None = None,
-    checkpoint_meta: dict[str, Any] | None = None,
+    checkpoint: Checkpoint | None = None,
     resume: dict[str, Any] | None = None,
-    cluster: Cluster | None = None,
-) -> list[EpochMetrics]:
-    """Train with Adam; after each epoch evaluate on ``test_images`` and call ``on_epoch``.
+    progress: bool = True,
+) -> TrainingResult:
+    """Train with Adam as ``params.train`` says; after each epoch evaluate on ``test_images``
+    and call ``on_epoch``.
 
-    With ``checkpoint``, the model, optimizer, schedule and generator states, the epoch, the
-    history so far, the training seconds and ``checkpoint_meta`` are written there after every
-    epoch; ``resume`` (a state read back by :func:`load_training_state`) continues from it,
-    bit for bit on the CPU: the result is the same as a run that was never interrupted.
+    ``plan`` defaults to :func:`plan_training` for one process. With ``checkpoint``, the
+    state is saved after every epoch; ``resume`` (a state read back by
+    :meth:`.Checkpoint.load`) continues from it, bit for bit on the CPU: the result is the
+    same as a run that was never interrupted.
 
-    ``binarize`` re-draws training images as Bernoulli pixels at every visit; the test
-    images are used as given (binarize them once beforehand, see ``data.binarize_fixed``).
-    The model and both image sets move to ``device`` for the run; on CUDA the batch grows
-    ``cuda_batch_scale`` times and the learning rate by its square root (a GPU runs a big
-    batch in the time of a small one). ``bf16`` (autocast) and ``compile``
-    (``torch.compile``) speed up GPUs and are off by default. The model ends on the CPU.
+    With ``data.binarize: dynamic`` training images are re-drawn as Bernoulli pixels at
+    every visit; the test images are used as given (binarized once beforehand, see
+    :func:`.data.load_test_images`). The model and both image sets move to the plan's
+    device for the run; the model ends on the CPU.
 
-    With a distributed ``cluster`` (every process calls ``fit`` inside
-    :func:`.distributed.process_group`) ``batch_size`` is per process; only rank 0 evaluates,
-    calls ``on_epoch``, writes the checkpoint and returns the history (the others return [])."""
-    cluster = cluster or Cluster()
-    device = torch.device(device)
-    if device.type == "cuda":
-        batch_size, lr = batch_size * cuda_batch_scale, lr * math.sqrt(cuda_batch_scale)
+    Under a distributed plan (every process calls ``fit`` inside
+    :func:`.distributed.process_group`) only rank 0 evaluates, calls ``on_epoch`` and writes
+    the checkpoint; the other processes return an empty history."""
+    started = time.perf_counter()
+    t = params.train
+    plan = plan or plan_training(t, Cluster(), len(train_images))
+    cluster, device = plan.cluster, plan.device
+    if progress and cluster.is_main:
+        print(
+            f"train: {len(train_images)} training images, {len(test_images)} test images, "
+            f"{plan.describe()}",
+            flush=True,
+        )
     model.to(device)
     train_images, test_images = train_images.to(device), test_images.to(device)
     network: torch.nn.Module = model
@@ -273,75 +307,54 @@ def fit(
         network = DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None
         )
-        sampler = distributed.shard_sampler(len(train_images), cluster, seed)
-    network = torch.compile(network) if compile else network
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    per_epoch = len(sampler) if sampler is not None else len(train_images)
-    scheduler = lr_schedule(optimizer, schedule, epochs * -(-per_epoch // batch_size))
+        sampler = distributed.shard_sampler(len(train_images), cluster, params.seed)
+    network = torch.compile(network) if t.compile else network
+    optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr)
+    scheduler = lr_schedule(optimizer, t.schedule, t.epochs * plan.steps_per_epoch)
     # One process: rank 0, so the stream is the one seed's. Under DDP: each its own noise.
-    generator = torch.Generator(device=device).manual_seed(seed + cluster.rank)
+    generator = torch.Generator(device=device).manual_seed(params.seed + cluster.rank)
     history: list[EpochMetrics] = []
-    seconds_before, first = 0.0, 1
+    first = 1
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generators"][cluster.rank])
-        history = [EpochMetrics(**m) for m in resume["history"]]
-        seconds_before, first = resume["seconds"], resume["epoch"] + 1
+        history = [EpochMetrics.from_dict(row) for row in resume["history"]]
+        started -= resume["seconds"]
+        first = resume["epoch"] + 1
         if progress and cluster.is_main:
-            tqdm.write(f"resuming after epoch {resume['epoch']} of {epochs} from the checkpoint")
-    started = time.perf_counter()
-    for epoch in range(first, epochs + 1):
+            tqdm.write(f"resuming after epoch {resume['epoch']} of {t.epochs} from the checkpoint")
+    for epoch in range(first, t.epochs + 1):
         order = None
         if sampler is not None:
             sampler.set_epoch(epoch)
             order = torch.tensor(list(sampler), device=device)
         train = train_epoch(
-            network,
-            optimizer,
-            train_images,
-            batch_size,
-            recon,
-            generator,
-            desc=f"epoch {epoch}/{epochs}",
+            network, optimizer, train_images, plan.batch_size, t.loss, generator,
+            scheduler=scheduler, binarize=params.data.binarize == "dynamic", bf16=t.bf16,
+            order=order, epoch=epoch, desc=f"epoch {epoch}/{t.epochs}",
             progress=progress and cluster.is_main,
-            binarize=binarize,
-            scheduler=scheduler,
-            bf16=bf16,
-            epoch=epoch,
-            order=order,
-        )
-        train = distributed.mean_across(train, cluster)
+        )  # fmt: skip
+        train = LossParts(**distributed.mean_across(train._asdict(), cluster))
         generators = distributed.gather(generator.get_state(), cluster)  # for the checkpoint
         if not cluster.is_main:
             continue
-        test = evaluate(model, test_images, recon=recon, seed=seed)
-        metrics = EpochMetrics(
-            epoch,
-            *(train[k] for k in ("loss", "recon", "kl")),
-            *(test[k] for k in ("loss", "recon", "kl")),
-        )
+        metrics = EpochMetrics(epoch, train, held_out_loss(model, test_images, t.loss, params.seed))
         history.append(metrics)
         if progress:
-            tqdm.write(
-                f"epoch {epoch}/{epochs}: train {metrics.train_loss:.2f} "
-                f"(recon {metrics.train_recon:.2f} + kl {metrics.train_kl:.2f}), "
-                f"test {metrics.test_loss:.2f} "
-                f"(recon {metrics.test_recon:.2f} + kl {metrics.test_kl:.2f})"
-            )
+            tqdm.write(metrics.describe(t.epochs))
         if on_epoch is not None:
             on_epoch(metrics)
         if checkpoint is not None:
-            _save_training_state(Path(checkpoint), {
-                **(checkpoint_meta or {}),
+            checkpoint.save({
                 "epoch": epoch,
                 "history": [m.as_dict() for m in history],
-                "seconds": seconds_before + time.perf_counter() - started,
+                "seconds": time.perf_counter() - started,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "generators": generators,  # one per process, in rank order
             })  # fmt: skip
     model.cpu()
-    return history
+    return TrainingResult(history, time.perf_counter() - started)

@@ -1,0 +1,138 @@
+"""dvc.yaml's deps match the code each stage runs.
+
+DVC re-runs a stage when one of its listed deps changes, so a library file that a stage
+imports but does not list means `dvc repro` silently keeps outputs made by old code. This
+test reads each stage's script, follows its imports inside the package transitively (the
+way Python would load them) and compares the files with the stage's ``src/`` deps, both
+ways. Imports under ``if TYPE_CHECKING:`` never run and are not followed.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "mnist_vae"
+PACKAGE_DIR = ROOT / "src" / PACKAGE
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those inside ``if TYPE_CHECKING:`` blocks."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def _module_file(dotted: str) -> Path | None:
+    """``mnist_vae.x`` -> src/mnist_vae/x.py (None for the package itself or outside it)."""
+    parts = dotted.split(".")
+    if parts[0] != PACKAGE or len(parts) == 1:
+        return None
+    path = PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py")
+    return path if path.is_file() else None
+
+
+def package_imports(path: Path) -> set[Path]:
+    """The package's modules that ``path`` imports directly."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in _runtime_nodes(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: only used inside the package
+                base = ".".join([PACKAGE, *filter(None, [base])])
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import mod`
+    return {file for name in found if (file := _module_file(name)) is not None}
+
+
+def closure(script: Path) -> set[Path]:
+    """``script`` and every package module it loads, transitively."""
+    seen, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(package_imports(path))
+    return seen
+
+
+def _stage_script(cmd: str) -> Path:
+    match = re.search(r"(stages/\w+\.py)", cmd)
+    assert match, f"cannot find the stage script in {cmd!r}"
+    return ROOT / match.group(1)
+
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_the_package_init_imports_nothing():
+    """Importing any module runs ``__init__.py``; it is left out of the deps because it only
+    holds the version string. This keeps that true."""
+    assert not package_imports(PACKAGE_DIR / "__init__.py")
+    tree = ast.parse((PACKAGE_DIR / "__init__.py").read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+
+
+def deps_problems(stage: str, spec: dict) -> list[str]:
+    """What is wrong with one stage's Python deps in dvc.yaml (nothing: [])."""
+    needed = {p.relative_to(ROOT).as_posix() for p in closure(_stage_script(spec["cmd"]))}
+    listed = {d for d in spec.get("deps", []) if d.endswith(".py")}
+    return [
+        f"dvc.yaml: stage {stage!r} runs {path} but does not list it in deps"
+        for path in sorted(needed - listed)
+    ] + [
+        f"dvc.yaml: stage {stage!r} lists {path} in deps but never imports it"
+        for path in sorted(listed - needed)
+    ]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_dvc_yaml_lists_exactly_the_code_each_stage_runs(stage):
+    problems = deps_problems(stage, STAGES[stage])
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_names_the_stage_and_a_file_removed_or_added():
+    spec = STAGES["evaluate"]
+    # metrics.py loads data.py (for `batches`) two imports away from the stage script
+    assert PACKAGE_DIR / "data.py" in package_imports(PACKAGE_DIR / "metrics.py")
+    without = {**spec, "deps": [d for d in spec["deps"] if d != "src/mnist_vae/data.py"]}
+    assert deps_problems("evaluate", without) == [
+        "dvc.yaml: stage 'evaluate' runs src/mnist_vae/data.py but does not list it in deps"
+    ]
+    extra = {**spec, "deps": [*spec["deps"], "src/mnist_vae/serving.py"]}
+    assert deps_problems("evaluate", extra) == [
+        "dvc.yaml: stage 'evaluate' lists src/mnist_vae/serving.py in deps but never imports it"
+    ]
+
+
+def test_reading_params_does_not_import_torch(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  lr: -1\n")
+    code = (
+        "import sys\n"
+        "from mnist_vae.params import main\n"
+        "status = main([sys.argv[1]])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(status)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "params.yaml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "params.yaml: train.lr = -1.0 is not allowed; expected a finite number > 0" in (
+        result.stderr
+    )
