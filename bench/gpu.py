@@ -37,8 +37,8 @@ def train(params: Params, binarize: bool, bf16: bool, compile: bool) -> tuple[ob
     train_x, _ = load_images(DATA, "train", params.data.train_limit, params.seed)
     test_x, _ = load_test_images(DATA, params.data.test_limit, "dynamic" if binarize else "none")
     t = params.train
-    model = seeded_model(VAEConfig(latent_dim=params.latent_dim, arch=params.model.arch),
-                         params.seed)  # fmt: skip
+    config = VAEConfig(params.latent_dim, params.model.arch, likelihood=t.loss)
+    model = seeded_model(config, params.seed)
     torch.cuda.synchronize()
     start = time.perf_counter()
     params = dataclasses.replace(

@@ -49,7 +49,8 @@ def main() -> None:
         ) as mlflow_run,
     ):  # fmt: skip
         checkpoint.run_id = mlflow_run.run_id
-        model = seeded_model(VAEConfig(params.latent_dim, params.model.arch), params.seed)
+        config = VAEConfig(params.latent_dim, params.model.arch, likelihood=params.train.loss)
+        model = seeded_model(config, params.seed)
         result = fit(model, train_x, test_x, params, plan, on_epoch=mlflow_run.log_epoch,
                      checkpoint=checkpoint, resume=resume)  # fmt: skip
         if not cluster.is_main:

@@ -43,7 +43,7 @@ def test_kl_is_zero_only_at_the_prior():
 
 def test_unknown_loss_is_refused():
     output = VAEOutput(torch.zeros(1, 2), torch.zeros(1, 1), torch.zeros(1, 1))
-    with pytest.raises(ValueError, match=r"unknown loss 'l1'; expected one of \('bce', 'mse'\)"):
+    with pytest.raises(ValueError, match=r"unknown loss 'l1'; expected one of \('bce', 'mse', "):
         negative_elbo(output, torch.zeros(1, 2), "l1")
 
 

@@ -24,7 +24,7 @@ def test_shapes_follow_the_config(latent_dim, arch):
     assert mean.shape == logvar.shape == (3, latent_dim)
     output = model(x)
     assert isinstance(output, VAEOutput)
-    assert output.logits.shape == x.shape
+    assert output.decoded.shape == x.shape
     assert output.mean.shape == output.logvar.shape == (3, latent_dim)
     assert model.decode(torch.randn(5, latent_dim)).shape == (5, 1, 28, 28)
 
@@ -87,7 +87,7 @@ def _macs(model) -> int:
 def test_other_image_sizes_need_no_code_change(arch):
     model = build_model(VAEConfig(image_size=32, in_channels=3, latent_dim=4, arch=arch))
     x = torch.rand(2, 3, 32, 32)
-    assert model(x).logits.shape == x.shape
+    assert model(x).decoded.shape == x.shape
 
 
 def test_uniform_api_outputs_are_images_in_unit_range():

@@ -49,7 +49,9 @@ SMALL = {
     "classifier": {"train_limit": 1000, "epochs": 1},
     "evaluate": {"iw_samples": 4, "fid_samples": 100, "interpolations": 3},
 }
-STAGES = {"download", "train", "generate", "compare", "classifier", "evaluate"}
+STAGES = {
+    "download", "train", "generate", "compare", "classifier", "evaluate", "baselines", "compress"
+}  # fmt: skip
 TRACKING_SERVER_ENV = "MNIST_VAE_TRACKING_SERVER"  # a shared MLflow server (.ci/run starts one)
 TRACKING_DB_ENV = "MNIST_VAE_TRACKING_DB"  # its PostgreSQL database, to look behind the API
 
@@ -129,7 +131,7 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
     assert model.config.latent_dim == 10
     metrics = json.loads((project / "data/metrics/train.json").read_text())
     assert metrics["epoch"] == 1
-    assert 50 < metrics["test_loss"] < 600
+    assert 0.5 < metrics["test_loss"] / math.log(2) / 784 < 4  # bits per 8-bit pixel
     assert metrics["test_loss"] == pytest.approx(metrics["test_recon"] + metrics["test_kl"])
     history = pd.read_csv(project / "data/metrics/train_history.csv")
     assert list(history["epoch"]) == [1]
@@ -204,7 +206,9 @@ def test_evaluate_reports_every_metric(project):
     assert set(results) == {
         "loss", "recon", "kl", "iwae_nll", "mse", "psnr", "ssim", "active_units",
         "frechet_distance", "sample_label_entropy", "sample_min_digit_fraction",
+        "bits_per_pixel", "iwae_bits_per_pixel",
     }  # fmt: skip
+    assert results["bits_per_pixel"] == pytest.approx(results["loss"] / math.log(2) / 784)
     assert results["iwae_nll"] <= results["loss"] + 1.0
     assert 0 <= results["active_units"] <= 10
     assert 0 <= results["sample_label_entropy"] <= math.log(10) + 1e-9
@@ -240,6 +244,35 @@ def test_evaluate_reports_every_metric(project):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
         "evaluation/traversal.png", "evaluation/interpolation.png", "evaluation/latent_map.png"
     }  # fmt: skip
+
+
+def test_compress_codes_the_test_set_losslessly_beside_the_baselines(project, tmp_path):
+    project, env, _ = project
+    metrics = json.loads((project / "data/metrics/compress.json").read_text())
+    stream = project / "data/compression/test.mvae"
+    n = SMALL["data"]["test_limit"]
+    assert metrics["lossless"] is True
+    assert metrics["bytes"] == stream.stat().st_size
+    assert metrics["bits_per_pixel"] == pytest.approx(8 * stream.stat().st_size / (n * 784))
+    assert abs(metrics["gap_to_nelbo"]) < 0.05  # the rate is the negative ELBO
+    assert metrics["compress_images_per_second"] > 0 < metrics["decompress_images_per_second"]
+    table = pd.read_csv(project / "data/metrics/codecs.csv")
+    assert table["codec"].iloc[0] == "mnist-vae (bits-back ANS)"
+    assert {"PNG", "WebP lossless", "JPEG XL lossless", "xz -9e", "zstd -22"} <= set(table["codec"])
+    assert metrics["best_baseline_bits_per_pixel"] == pytest.approx(
+        table["bits_per_pixel"].iloc[1:].min()
+    )
+    # the stage's file decodes with the command line tool to the very test images
+    out = tmp_path / "decoded"
+    done = subprocess.run(
+        ["mnist-vae", "decompress", str(stream), "-o", str(out), "--model", "data/model"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    raw = (project / "data/mnist/t10k-images-idx3-ubyte").read_bytes()
+    originals = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+    decoded = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))])
+    assert np.array_equal(decoded, originals)
 
 
 def test_dvc_plots_show_renders_every_plot_in_one_page(project):

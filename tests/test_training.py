@@ -22,7 +22,7 @@ from mnist_vae.training import (
 
 
 def _params(seed: int = 0, **train) -> Params:
-    settings = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", **train}
+    settings = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", "loss": "bce", **train}
     return Params(latent_dim=4, seed=seed, train=TrainParams(**settings))
 
 

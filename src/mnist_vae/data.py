@@ -191,6 +191,12 @@ def load_test_images(
     return images, labels
 
 
+def to_symbols(images: torch.Tensor, levels: int) -> torch.Tensor:
+    """Float images ``[N, 1, H, W]`` in [0, 1] as what a codec sends: ``uint8 [N, H, W]``
+    with values ``0..levels-1`` (the grey levels for 256; 0 and 1 for binary pixels)."""
+    return torch.round(images.squeeze(1) * (levels - 1)).to(torch.uint8)
+
+
 def dataset_digest(data_dir: str | Path) -> str:
     """One sha256 over the four verified files' checksums: identifies the data a model saw."""
     data_dir = Path(data_dir)

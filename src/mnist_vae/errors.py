@@ -26,12 +26,18 @@ class DistributedError(RuntimeError):
     """torchrun's environment is incomplete or inconsistent."""
 
 
+class CodecError(ValueError):
+    """A compressed file that cannot be decoded here (another model, damaged or truncated
+    bytes, another platform), or images the codec cannot take."""
+
+
 USER_ERRORS = (
     ParamsError,
     DownloadError,
     ModelFolderError,
     TrainingDiverged,
     DistributedError,
+    CodecError,
     FileNotFoundError,
 )
 """Errors whose message tells the user what to do; a traceback would only hide it."""

@@ -21,7 +21,7 @@ def traversal(model: ConvVAE, z: torch.Tensor, span: float, steps: int) -> torch
     values = torch.linspace(-span, span, steps, device=z.device)
     for d in range(dims):
         codes[d, :, d] = values
-    return torch.sigmoid(model.decode(codes.flatten(0, 1)))
+    return model.mean_image(codes.flatten(0, 1))
 
 
 def interpolation_grid(model: ConvVAE, starts: torch.Tensor, ends: torch.Tensor, steps: int):

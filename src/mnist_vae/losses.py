@@ -17,9 +17,8 @@ import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
-from .params import LOSSES
+from .likelihoods import likelihood
 
 if TYPE_CHECKING:
     from .model import ConvVAE, VAEOutput
@@ -50,20 +49,15 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     return kl_per_dimension(mean, logvar).sum(dim=1)
 
 
-def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-image reconstruction term of the ``loss`` kind, summed over pixels."""
-    if loss == "bce":
-        per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-    elif loss == "mse":
-        per_pixel = (torch.sigmoid(logits) - x).pow(2)
-    else:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
-    return per_pixel.flatten(1).sum(dim=1)
+def reconstruction_error(decoded: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-image reconstruction term of the ``loss`` kind, summed over pixels: the negative
+    log-likelihood in nats (the squared error for ``mse``)."""
+    return likelihood(loss).nll(decoded, x)
 
 
 def negative_elbo(output: VAEOutput, x: torch.Tensor, loss: str) -> LossParts:
     """Mean over the batch of reconstruction + KL, with both parts (tensors)."""
-    rec = reconstruction_error(output.logits, x, loss).mean()
+    rec = reconstruction_error(output.decoded, x, loss).mean()
     kl = kl_to_standard_normal(output.mean, output.logvar).mean()
     return LossParts(rec + kl, rec, kl)
 
@@ -81,8 +75,10 @@ def iwae_nll(
     k: int,
     generator: torch.Generator | None = None,
     budget: int = 4096,
+    loss: str = "bce",
 ) -> torch.Tensor:
-    """Importance-weighted estimate of -log p(x) per image (Burda et al. 2015), in nats.
+    """Importance-weighted estimate of -log p(x) per image (Burda et al. 2015), in nats,
+    under the likelihood of ``loss`` (the model's own, or Bernoulli for ``mse`` models).
 
     -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x) with z_i ~ q(z|x); the bound tightens as
     ``k`` grows and equals the negative ELBO at k = 1. At most ``budget`` decoded images
@@ -95,11 +91,11 @@ def iwae_nll(
         m = min(chunk, k - start)
         eps = torch.randn((n, m, mean.shape[1]), generator=generator, device=x.device)
         z = mean.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)
-        logits = model.decode(z.flatten(0, 1)).unflatten(0, (n, m))
-        target = x.unsqueeze(1).expand_as(logits)
-        log_px_z = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        decoded = model.decode(z.flatten(0, 1))
+        target = x.unsqueeze(1).expand(n, m, *x.shape[1:]).flatten(0, 1)
+        log_px_z = -reconstruction_error(decoded, target, loss).view(n, m)
         log_w.append(
-            log_px_z.flatten(2).sum(-1)
+            log_px_z
             + _gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
             - _gaussian_log_density(z, mean.unsqueeze(1), logvar.unsqueeze(1))
         )

@@ -36,28 +36,31 @@ def per_image_metrics(
     batch_size: int = 500,
     iw_budget: int = 4096,
 ) -> tuple[pd.DataFrame, torch.Tensor]:
-    """One row per image: single-sample negative ELBO (Bernoulli, in nats, whatever loss the
-    model was trained with) and its parts, the importance-weighted
+    """One row per image: single-sample negative ELBO in nats under the model's likelihood
+    (Bernoulli for a model trained with ``mse``) and its parts, the importance-weighted
     NLL, and the MSE/PSNR/SSIM of the reconstruction from the posterior mean. Also returns
     the per-dimension KL of every image (``[N, latent_dim]``)."""
     model.eval()
+    loss = evaluation_loss(model)
     generator = torch.Generator(device=images.device).manual_seed(seed)
     rows, kls = [], []
     for index, _ in batches(len(images), batch_size):
         x = images[index]
         mean, logvar = model.encode(x)
         z = model.reparameterize(mean, logvar, generator)
-        rec = reconstruction_error(model.decode(z), x, "bce")
+        rec = reconstruction_error(model.decode(z), x, loss)
         kl_dims = kl_per_dimension(mean, logvar)
         kl = kl_dims.sum(1)
-        x_hat = torch.sigmoid(model.decode(mean))
+        x_hat = model.mean_image(mean)
         rows.append(
             pd.DataFrame(
                 {
                     "loss": (rec + kl).double().cpu(),
                     "recon": rec.double().cpu(),
                     "kl": kl.double().cpu(),
-                    "iwae_nll": iwae_nll(model, x, iw_samples, generator, iw_budget).double().cpu(),
+                    "iwae_nll": iwae_nll(model, x, iw_samples, generator, iw_budget, loss)
+                    .double()
+                    .cpu(),
                     "mse": (x_hat - x).pow(2).flatten(1).mean(1).double().cpu(),
                     "psnr": peak_signal_noise_ratio(
                         x_hat, x, data_range=1.0, reduction="none", dim=(1, 2, 3)
@@ -74,6 +77,16 @@ def per_image_metrics(
         )
         kls.append(kl_dims.cpu())
     return pd.concat(rows, ignore_index=True), torch.cat(kls)
+
+
+def evaluation_loss(model: ConvVAE) -> str:
+    """The likelihood a model is scored with: its own, or Bernoulli for ``mse`` (no likelihood)."""
+    return "bce" if model.config.likelihood == "mse" else model.config.likelihood
+
+
+def bits_per_pixel(nats_per_image: float, pixels: int) -> float:
+    """``-log2 p / pixels``: the rate a codec built on the model would approach."""
+    return nats_per_image / math.log(2) / pixels
 
 
 def active_units(kl_dims: torch.Tensor, threshold: float) -> tuple[int, list[float]]:
@@ -147,8 +160,12 @@ def evaluate_vae(
     n_active, kl_by_dim = active_units(kl_dims, active_threshold)
     samples = model.sample(fid_samples, torch.Generator().manual_seed(seed))
     fractions, entropy = label_histogram(classifier, samples)
+    pixels = images[0].numel()
+    means = summarize(rows)
     summary = {
-        **summarize(rows),
+        **means,
+        "bits_per_pixel": bits_per_pixel(means["loss"], pixels),
+        "iwae_bits_per_pixel": bits_per_pixel(means["iwae_nll"], pixels),
         "active_units": n_active,
         "frechet_distance": frechet_distance(classifier, reference, samples),
         "sample_label_entropy": entropy,

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .likelihoods import Likelihood, likelihood
 from .model_folder import load_module, save_model_folder
 
 Layers = tuple[tuple[int, int, int], ...]  # (out_channels, kernel, stride) per encoder layer
@@ -56,6 +57,8 @@ class VAEConfig:
     in_channels: int = 1
     image_size: int = 28
     negative_slope: float = 0.2
+    likelihood: str = "bce"
+    """what the decoder's output means (:mod:`.likelihoods`; the ``train.loss`` trained with)"""
 
 
 def _padding(kernel: int) -> int:
@@ -71,8 +74,9 @@ class VAEOutput(NamedTuple):
     """What ``forward`` returns: a reconstruction through one posterior sample, and the
     posterior it was drawn from (a tuple, so DDP and ``torch.compile`` see its tensors)."""
 
-    logits: torch.Tensor
-    """Bernoulli logits of the reconstruction, ``[N, C, H, W]``"""
+    decoded: torch.Tensor
+    """the decoder's output: the likelihood's parameters per pixel (Bernoulli logits for
+    ``bce``), ``[N, channels, H, W]``"""
     mean: torch.Tensor
     """posterior mean, ``[N, latent_dim]``"""
     logvar: torch.Tensor
@@ -84,11 +88,12 @@ class VAEOutput(NamedTuple):
 
 
 class ConvVAE(nn.Module):
-    """Gaussian encoder q(z|x), Bernoulli decoder p(x|z) with logits, N(0, I) prior."""
+    """Gaussian encoder q(z|x), decoder p(x|z) of the config's likelihood, N(0, I) prior."""
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
+        self.likelihood: Likelihood = likelihood(config.likelihood)
         arch = ARCHITECTURES[config.arch]
         act = lambda: nn.LeakyReLU(config.negative_slope)  # noqa: E731
 
@@ -118,8 +123,9 @@ class ConvVAE(nn.Module):
             _, kernel, stride = arch.layers[i]
             size_in, size_out, pad = sizes[i + 1], sizes[i], _padding(kernel)
             out_pad = size_out - ((size_in - 1) * stride - 2 * pad + kernel)
+            out_ch = channels[i] * (self.likelihood.channels if i == 0 else 1)
             decoder.append(
-                nn.ConvTranspose2d(channels[i + 1], channels[i], kernel, stride, pad, out_pad)
+                nn.ConvTranspose2d(channels[i + 1], out_ch, kernel, stride, pad, out_pad)
             )
             if i > 0:
                 decoder.append(act())
@@ -136,8 +142,12 @@ class ConvVAE(nn.Module):
         return self.to_mean(h), self.to_logvar(h)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli logits ``[N, C, H, W]``; ``torch.sigmoid`` gives pixel probabilities."""
+        """The likelihood's parameters per pixel (``bce``: Bernoulli logits ``[N, C, H, W]``)."""
         return self.decoder(z)
+
+    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
+        """The expected image under p(x|z), in [0, 1] (for ``bce``: the pixel probabilities)."""
+        return self.likelihood.mean(self.decode(z))
 
     @staticmethod
     def reparameterize(
@@ -153,16 +163,16 @@ class ConvVAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixel probabilities decoded from the posterior mean (deterministic)."""
+        """The expected image decoded from the posterior mean (deterministic)."""
         mean, _ = self.encode(x)
-        return torch.sigmoid(self.decode(mean))
+        return self.mean_image(mean)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images decoded from latent vectors drawn from the prior N(0, I)."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
-        return torch.sigmoid(self.decode(z))
+        return self.mean_image(z)
 
     @torch.no_grad()
     def interpolate(self, x_start: torch.Tensor, x_end: torch.Tensor, steps: int) -> torch.Tensor:
@@ -172,7 +182,7 @@ class ConvVAE(nn.Module):
         z1, _ = self.encode(x_end)
         t = torch.linspace(0, 1, steps, device=z0.device).view(1, steps, 1)
         z = torch.lerp(z0.unsqueeze(1), z1.unsqueeze(1), t).flatten(0, 1)
-        return torch.sigmoid(self.decode(z)).unflatten(0, (len(z0), steps))
+        return self.mean_image(z).unflatten(0, (len(z0), steps))
 
 
 def build_model(config: VAEConfig) -> ConvVAE:

@@ -27,7 +27,8 @@ from .errors import ParamsError
 
 ARCH_NAMES = ("fast", "conv")
 """``model.ARCHITECTURES`` builds each (a test checks that the two agree)"""
-LOSSES = ("bce", "mse")
+LOSSES = ("bce", "mse", "beta_binomial", "logistic_mixture")
+"""``likelihoods.LIKELIHOODS`` defines each (a test checks that the two agree)"""
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 BINARIZATIONS = ("none", "dynamic")
@@ -68,14 +69,15 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = at_least(1, 30)
+    epochs: int = at_least(1, 15)
     batch_size: int = at_least(1, 128)
     lr: float = above(0, 3e-3)
     """Adam's learning rate (the peak, with the cosine schedule)"""
     schedule: str = one_of(SCHEDULES, "cosine")
     """``cosine``: lr decays to 0 over all steps; ``constant``"""
-    loss: str = one_of(LOSSES, "bce")
-    """``bce``: Bernoulli negative ELBO in nats; ``mse``: the original's squared error."""
+    loss: str = one_of(LOSSES, "logistic_mixture")
+    """``bce``: Bernoulli negative ELBO in nats; ``mse``: the original's squared error;
+    ``beta_binomial``, ``logistic_mixture``: distributions over the 256 grey levels (codecs)"""
     device: str = one_of(DEVICES, "auto")
     """``auto``: CUDA when available, else the CPU"""
     cuda_batch_scale: int = at_least(1, 4)

@@ -137,7 +137,7 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
         mode = params.get("mode", "decode")
         with torch.no_grad():
             if mode == "decode":
-                return self._pictures(torch.sigmoid(self.model.decode(self._latents(model_input))))
+                return self._pictures(self.model.mean_image(self._latents(model_input)))
             if mode == "encode":
                 mean, logvar = self.model.encode(self._images(model_input, mode))
                 return {"mean": mean.numpy(), "logvar": logvar.numpy()}

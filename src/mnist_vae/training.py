@@ -291,6 +291,11 @@ def fit(
     the checkpoint; the other processes return an empty history."""
     started = time.perf_counter()
     t = params.train
+    if model.config.likelihood != t.loss:
+        raise ValueError(
+            f"the model's decoder is built for {model.config.likelihood!r} but train.loss is "
+            f"{t.loss!r}: build it with VAEConfig(likelihood=params.train.loss)"
+        )
     plan = plan or plan_training(t, Cluster(), len(train_images))
     cluster, device = plan.cluster, plan.device
     if progress and cluster.is_main:

@@ -1,0 +1,129 @@
+"""The standard lossless codecs, measured on the same images as ours.
+
+General-purpose compressors see the raw bytes of the whole set (``N x H x W`` uint8, row
+after row): gzip -9, bz2 -9, xz/LZMA -9e and zstd -22. Image codecs see the images two
+ways: one file per image (what a user stores) and one mosaic of the whole set (100 x 100
+digits for MNIST's 10,000: the codec's best case, its headers paid once and its context
+models trained on everything); PNG (Pillow, optimized), WebP lossless (Pillow) and JPEG
+XL lossless (imagecodecs). Every codec's output is decoded again and checked pixel for
+pixel: a baseline that is not lossless here is an error, not a figure.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import imagecodecs
+import numpy as np
+from PIL import Image
+
+Encode = Callable[[np.ndarray], bytes]
+Decode = Callable[[bytes], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Result:
+    codec: str
+    layout: str
+    """``raw bytes``, ``per image`` or ``mosaic``"""
+    bytes: int
+    bits_per_pixel: float
+    seconds: float
+    """encoding time (decoding, for the check, not counted)"""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "codec": self.codec, "layout": self.layout, "bytes": self.bytes,
+            "bits_per_pixel": self.bits_per_pixel, "seconds": self.seconds,
+        }  # fmt: skip
+
+
+def _pillow(fmt: str, **options: object) -> tuple[Encode, Decode]:
+    def encode(image: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    def decode(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("L"))
+
+    return encode, decode
+
+
+RAW_CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+    "gzip -9": (lambda b: gzip.compress(b, 9, mtime=0), gzip.decompress),
+    "bz2 -9": (lambda b: bz2.compress(b, 9), bz2.decompress),
+    "xz -9e": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+    "zstd -22": (lambda b: imagecodecs.zstd_encode(b, level=22), imagecodecs.zstd_decode),
+}
+
+IMAGE_CODECS: dict[str, tuple[Encode, Decode]] = {
+    "PNG": _pillow("PNG", optimize=True),
+    "WebP lossless": _pillow("WEBP", lossless=True, quality=100, method=6),
+    "JPEG XL lossless": (
+        lambda image: imagecodecs.jpegxl_encode(image, lossless=True, effort=9),
+        imagecodecs.jpegxl_decode,
+    ),
+}
+PER_IMAGE_OPTIONS: dict[str, tuple[Encode, Decode]] = {
+    # one file per image, at each library's default effort (what a user gets)
+    "PNG": IMAGE_CODECS["PNG"],
+    "WebP lossless": _pillow("WEBP", lossless=True, quality=100),
+    "JPEG XL lossless": (
+        lambda image: imagecodecs.jpegxl_encode(image, lossless=True),
+        imagecodecs.jpegxl_decode,
+    ),
+}
+
+
+def mosaic(images: np.ndarray) -> np.ndarray:
+    """The images tiled into one near-square picture, row by row (unused tiles black)."""
+    n, h, w = images.shape
+    columns = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    tiles = np.zeros((rows * columns, h, w), dtype=images.dtype)
+    tiles[:n] = images
+    return tiles.reshape(rows, columns, h, w).transpose(0, 2, 1, 3).reshape(rows * h, columns * w)
+
+
+def _check(name: str, decoded: np.ndarray, original: np.ndarray) -> None:
+    if not np.array_equal(np.asarray(decoded).reshape(original.shape), original):
+        raise AssertionError(f"{name} did not give every pixel back")
+
+
+def measure(images: np.ndarray) -> list[Result]:
+    """Every baseline on ``images`` (uint8 ``N x H x W``), each output checked by decoding it."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    pixels = images.size
+    results = []
+
+    def record(codec: str, layout: str, size: int, seconds: float) -> None:
+        results.append(Result(codec, layout, size, 8 * size / pixels, seconds))
+
+    raw = images.tobytes()
+    for name, (encode, decode) in RAW_CODECS.items():
+        start = time.perf_counter()
+        data = encode(raw)
+        record(name, "raw bytes", len(data), time.perf_counter() - start)
+        _check(name, np.frombuffer(decode(data), dtype=np.uint8), images)
+    for name, (encode, decode) in PER_IMAGE_OPTIONS.items():
+        start = time.perf_counter()
+        files = [encode(image) for image in images]
+        record(name, "per image", sum(map(len, files)), time.perf_counter() - start)
+        for data, image in zip(files, images, strict=True):
+            _check(name, decode(data), image)
+    tiled = mosaic(images)
+    for name, (encode, decode) in IMAGE_CODECS.items():
+        start = time.perf_counter()
+        data = encode(tiled)
+        record(name, "mosaic", len(data), time.perf_counter() - start)
+        _check(name, decode(data), tiled)
+    return results

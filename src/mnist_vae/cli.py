@@ -1,0 +1,161 @@
+"""``mnist-vae``: compress digits losslessly with a trained model, and get them back.
+
+    mnist-vae compress digits/*.png -o digits.mvae [--model data/model] [--force]
+    mnist-vae decompress digits.mvae -o out/ [--model models:/mnist-vae@champion] [--force]
+
+``--model`` is a model folder (``config.json`` and ``model.pt``, e.g. ``data/model``) or an
+MLflow model URI (``models:/mnist-vae@champion``, ``models:/mnist-vae/3``, ``runs:/<id>/model``)
+read from the tracking store the pipeline uses. Images are 28 x 28 grey PNGs (or any format
+Pillow reads), sent in the order given; ``decompress`` writes ``00000.png``, ``00001.png``,
+... in that order. For a model trained on binarized digits every pixel must be 0 or 255.
+
+Bad input gets one line on stderr and exit status 1, and nothing half-written: outputs
+are written beside their destination and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import USER_ERRORS, CodecError
+
+DEFAULT_MODEL = "data/model"
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+
+
+def resolve_model(spec: str, scratch: Path) -> Path:
+    """A model folder from a path or an MLflow model URI (downloaded into ``scratch``)."""
+    if not spec.startswith(MLFLOW_SCHEMES):
+        return Path(spec)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from . import tracking
+    from .serving import MODEL_ARTIFACT_KEY
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(scratch)))
+        artifacts = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]
+        return local / artifacts[MODEL_ARTIFACT_KEY]["path"]
+    except (MlflowException, OSError, KeyError) as error:
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CodecError(f"cannot load the model {spec}: {message}") from None
+
+
+def read_image(path: Path, levels: int, shape: tuple[int, int]) -> np.ndarray:
+    """One grey image as the codec's symbols (0..255, or 0/1 for a binary model)."""
+    try:
+        with Image.open(path) as image:
+            mode, size = image.mode, image.size
+            pixels = np.asarray(image)
+    except (OSError, UnidentifiedImageError) as error:
+        raise CodecError(f"{path}: cannot be read as an image ({type(error).__name__})") from None
+    height, width = shape
+    if mode not in ("L", "1") or pixels.shape != (height, width):
+        raise CodecError(
+            f"{path}: expected a {width} x {height} grey image; found {mode} {size[0]} x {size[1]}"
+        )
+    pixels = pixels.astype(np.uint8) * (255 if mode == "1" else 1)
+    if levels == 2:
+        if not np.isin(pixels, (0, 255)).all():
+            raise CodecError(
+                f"{path}: the model codes binary digits; pixels must be 0 or 255 "
+                f"(found {len(np.unique(pixels))} grey levels)"
+            )
+        pixels = pixels // 255
+    return pixels
+
+
+def _refuse_existing(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise CodecError(f"{path} exists; pass --force to replace it")
+
+
+def compress(inputs: list[Path], output: Path, model: str, force: bool) -> str:
+    from .codec import BitsBackCodec
+
+    _refuse_existing(output, force)
+    with tempfile.TemporaryDirectory() as scratch:
+        codec = BitsBackCodec.from_folder(resolve_model(model, Path(scratch)))
+        _, h, w = codec.model.image_shape
+        images = np.stack([read_image(path, codec.levels, (h, w)) for path in inputs])
+        data = codec.compress(images)
+    partial = output.with_name(f".{output.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, output)
+    bits = 8 * len(data) / images.size
+    return f"{len(images)} images -> {output} ({len(data):,} bytes, {bits:.3f} bits per pixel)"
+
+
+def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
+    from .codec import BitsBackCodec
+
+    _refuse_existing(output, force)
+    try:
+        data = stream.read_bytes()
+    except OSError as error:
+        raise CodecError(f"{stream}: cannot be read ({error.strerror or error})") from None
+    with tempfile.TemporaryDirectory() as scratch:
+        codec = BitsBackCodec.from_folder(resolve_model(model, Path(scratch)))
+        images = codec.decompress(data)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        scale = 255 if codec.levels == 2 else 1
+        for i, image in enumerate(images):
+            Image.fromarray(image * np.uint8(scale)).save(staging / f"{i:05d}.png")
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return f"{stream} -> {len(images)} images in {output}/"
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="mnist-vae", description="Lossless compression of digits with a trained VAE."
+    )
+    commands = main.add_subparsers(dest="command", required=True)
+    for name, what, output in (
+        ("compress", "images into one compressed file", "the compressed file"),
+        ("decompress", "a compressed file into PNGs", "the folder for the images"),
+    ):
+        command = commands.add_parser(name, help=f"{name} {what}")
+        if name == "compress":
+            command.add_argument("inputs", nargs="+", type=Path, help="28 x 28 grey images")
+        else:
+            command.add_argument("stream", type=Path, help="a file written by compress")
+        command.add_argument("-o", "--output", type=Path, required=True, help=output)
+        command.add_argument(
+            "--model", default=DEFAULT_MODEL,
+            help=f"a model folder or an MLflow model URI (default {DEFAULT_MODEL})",
+        )  # fmt: skip
+        command.add_argument("--force", action="store_true", help="replace an existing output")
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "compress":
+            print(compress(args.inputs, args.output, args.model, args.force))
+        else:
+            print(decompress(args.stream, args.output, args.model, args.force))
+    except USER_ERRORS as error:
+        print(f"mnist-vae {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

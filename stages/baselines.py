@@ -1,0 +1,34 @@
+"""Stage baselines: the standard lossless codecs on the test images (README: Compression).
+
+Reads: data.test_limit, data.binarize   Writes: data/metrics/baselines.csv (each codec's
+bytes and bits per pixel on the raw bytes, per image and as one mosaic; every output
+decoded and checked). It depends on the data only, so retraining never re-runs it.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_vae import baselines
+from mnist_vae.data import load_test_images, to_symbols
+from mnist_vae.params import load_params
+from mnist_vae.stage import run
+
+DATA = Path("data/mnist")
+OUT = Path("data/metrics/baselines.csv")
+
+
+def main() -> None:
+    params = load_params()
+    images, _ = load_test_images(DATA, params.data.test_limit, params.data.binarize)
+    pixels = to_symbols(images, 256).numpy()  # binarized digits as 0 and 255, as a PNG holds them
+    print(f"baselines: {len(pixels)} test images, every output decoded and checked", flush=True)
+    results = [r.as_dict() for r in baselines.measure(pixels)]
+    table = pd.DataFrame(results).sort_values("bits_per_pixel")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(OUT, index=False)
+    print(table.to_string(index=False, float_format="%.4f"), flush=True)
+
+
+if __name__ == "__main__":
+    run(main, "baselines")

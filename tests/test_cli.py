@@ -1,0 +1,133 @@
+"""The ``mnist-vae`` command as a user types it: good runs, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_vae import tracking
+from mnist_vae.model import VAEConfig, save_model
+from mnist_vae.serving import log_pyfunc_model
+from mnist_vae.training import seeded_model
+
+EXE = str(Path(sys.executable).with_name("mnist-vae"))
+
+
+def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, mnist_mirror) -> Path:
+    """A folder with a model folder (8-bit, untrained), another model and six digit PNGs."""
+    folder = tmp_path_factory.mktemp("cli")
+    for name, seed in (("model", 0), ("other", 1)):
+        model = seeded_model(VAEConfig(latent_dim=4, likelihood="beta_binomial"), seed)
+        save_model(model, folder / name)
+    raw = gzip.decompress((mnist_mirror / "t10k-images-idx3-ubyte.gz").read_bytes())
+    digits = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:6]
+    (folder / "digits").mkdir()
+    for i, digit in enumerate(digits):
+        Image.fromarray(digit).save(folder / "digits" / f"d{i}.png")
+    return folder
+
+
+def _digits(workdir: Path) -> list[str]:
+    return sorted(str(p.relative_to(workdir)) for p in (workdir / "digits").glob("*.png"))
+
+
+def test_compress_then_decompress_gives_every_pixel_back(workdir):
+    done = _run("compress", *_digits(workdir), "-o", "d.mvae", "--model", "model", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("6 images -> d.mvae (") and "bits per pixel" in done.stdout
+    done = _run("decompress", "d.mvae", "-o", "out", "--model", "model", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "d.mvae -> 6 images in out/"
+    for i, name in enumerate(_digits(workdir)):
+        original = np.asarray(Image.open(workdir / name))
+        assert np.array_equal(np.asarray(Image.open(workdir / "out" / f"{i:05d}.png")), original)
+
+
+def _fails(workdir: Path, message: str, *args: str) -> None:
+    done = _run(*args, cwd=workdir)
+    assert done.returncode == 1, done
+    assert done.stderr.count("\n") == 1, done.stderr  # one line, no traceback
+    assert message in done.stderr, done.stderr
+
+
+def test_bad_images_are_one_line_and_write_nothing(workdir):
+    Image.new("L", (32, 32)).save(workdir / "big.png")
+    Image.new("RGB", (28, 28)).save(workdir / "colour.png")
+    (workdir / "notes.png").write_text("not an image")
+    for name, message in (
+        ("big.png", "big.png: expected a 28 x 28 grey image; found L 32 x 32"),
+        ("colour.png", "colour.png: expected a 28 x 28 grey image; found RGB 28 x 28"),
+        ("notes.png", "notes.png: cannot be read as an image"),
+        ("missing.png", "missing.png: cannot be read as an image"),
+    ):
+        _fails(workdir, message, "compress", "digits/d0.png", name, "-o", "bad.mvae",
+               "--model", "model")  # fmt: skip
+        assert not (workdir / "bad.mvae").exists()
+
+
+def test_bad_streams_are_one_line_and_write_nothing(workdir):
+    assert _run("compress", *_digits(workdir), "-o", "s.mvae", "--model", "model",
+                cwd=workdir).returncode == 0  # fmt: skip
+    data = (workdir / "s.mvae").read_bytes()
+    (workdir / "cut.mvae").write_bytes(data[:-6])
+    altered = bytearray(data)
+    altered[-20] ^= 0xFF
+    (workdir / "altered.mvae").write_bytes(bytes(altered))
+    for stream, model, message in (
+        ("s.mvae", "other", "the file was compressed with another model"),
+        ("cut.mvae", "model", "truncated"),
+        ("altered.mvae", "model", "error: "),
+        ("digits/d0.png", "model", "not an mnist-vae compressed file"),
+        ("nothing.mvae", "model", "nothing.mvae: cannot be read"),
+    ):
+        _fails(workdir, message, "decompress", stream, "-o", "never", "--model", model)
+        assert not (workdir / "never").exists()
+
+
+def test_an_existing_output_needs_force(workdir):
+    (workdir / "taken.mvae").write_bytes(b"keep me")
+    _fails(workdir, "taken.mvae exists; pass --force to replace it",
+           "compress", *_digits(workdir), "-o", "taken.mvae", "--model", "model")  # fmt: skip
+    assert (workdir / "taken.mvae").read_bytes() == b"keep me"
+    done = _run("compress", *_digits(workdir), "-o", "taken.mvae", "--model", "model", "--force",
+                cwd=workdir)  # fmt: skip
+    assert done.returncode == 0 and (workdir / "taken.mvae").read_bytes()[:4] == b"MVAE"
+
+
+def test_a_model_from_the_mlflow_registry(workdir, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    store.mkdir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure(store)
+    with mlflow.start_run():
+        log_pyfunc_model(workdir / "model", 4, tracking.REGISTERED_MODEL)
+    mlflow.set_tracking_uri(None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["DVC_ROOT"] = str(store)  # where the pipeline's store is found
+    uri = f"models:/{tracking.REGISTERED_MODEL}/1"
+    done = _run("compress", *_digits(workdir), "-o", str(tmp_path / "r.mvae"), "--model", uri,
+                cwd=workdir, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = _run("decompress", str(tmp_path / "r.mvae"), "-o", str(tmp_path / "out"),
+                "--model", "model", cwd=workdir, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr  # the registry's model is the folder's model
+    done = _run("compress", "digits/d0.png", "-o", str(tmp_path / "n.mvae"), "--model",
+                f"models:/{tracking.REGISTERED_MODEL}/7", cwd=workdir, env=env)  # fmt: skip
+    assert done.returncode == 1 and "cannot load the model models:/mnist-vae/7" in done.stderr
+    shutil.rmtree(tmp_path / "out")
