@@ -137,3 +137,13 @@ def test_images_of_the_wrong_shape_are_refused(codec):
         codec.compress(np.zeros((28, 28), np.uint8))
     with pytest.raises(CodecError, match="this model codes 28 x 28 images; got 32 x 32"):
         codec.compress(np.zeros((2, 32, 32), np.uint8))
+
+
+def test_frequencies_are_positive_even_where_the_model_is_certain():
+    """A pixel the model puts entirely on 0 leaves all other values at probability 0 in
+    floating point: they still get frequency 1, so any value can be coded."""
+    from mnist_vae.codec import frequencies
+
+    weights = torch.tensor([[0.0, -math.inf, -math.inf], [-math.inf, -math.inf, -math.inf]])
+    table = frequencies(weights)
+    assert table.tolist() == [[float(1 << 22), 1.0, 1.0], [1.0, 1.0, 1.0]]

@@ -43,7 +43,7 @@ from mnist_vae.tracking import MODEL_SHA_TAG, file_sha256
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "data": {"train_limit": 512, "test_limit": 256},
-    "train": {"epochs": 1},
+    "train": {"epochs": 1, "loss": "logistic_mixture"},  # a codec, for the compress stage
     "generate": {"n_samples": 6},
     "compare": {"n_images": 5},
     "classifier": {"train_limit": 1000, "epochs": 1},
@@ -254,7 +254,7 @@ def test_compress_codes_the_test_set_losslessly_beside_the_baselines(project, tm
     assert metrics["lossless"] is True
     assert metrics["bytes"] == stream.stat().st_size
     assert metrics["bits_per_pixel"] == pytest.approx(8 * stream.stat().st_size / (n * 784))
-    assert abs(metrics["gap_to_nelbo"]) < 0.05  # the rate is the negative ELBO
+    assert abs(metrics["gap_to_nelbo"]) < 0.02  # the rate is the negative ELBO
     assert metrics["compress_images_per_second"] > 0 < metrics["decompress_images_per_second"]
     table = pd.read_csv(project / "data/metrics/codecs.csv")
     assert table["codec"].iloc[0] == "mnist-vae (bits-back ANS)"

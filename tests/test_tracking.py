@@ -20,8 +20,9 @@ def store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def _evaluated_run(nll: float, register: bool = True) -> str:
+def _evaluated_run(nll: float, register: bool = True, loss: str = "bce") -> str:
     with mlflow.start_run() as run:
+        mlflow.log_params({"train.loss": loss, "data.binarize": "none"})
         mlflow.log_metric(tracking.PROMOTION_METRIC, nll)
         mlflow.log_text("weights", f"{tracking.MODEL_FOLDER_ARTIFACT}/model.pt")
     if register:
@@ -81,6 +82,17 @@ def test_promotion_follows_the_importance_weighted_nll(store):
     client = mlflow.MlflowClient()
     assert client.get_run(better).data.tags[tracking.PROMOTION_TAG] == decision
     assert client.get_run(worse).data.tags[tracking.PROMOTION_TAG].startswith("not promoted")
+
+
+def test_scores_of_other_likelihoods_are_not_compared(store):
+    first = _evaluated_run(93.0)
+    tracking.promote_if_better(first)
+    eight_bit = _evaluated_run(688.0, loss="logistic_mixture")
+    assert tracking.promote_if_better(eight_bit) == (
+        "not promoted: champion version 1 was trained with train.loss=bce, so its "
+        "eval.iwae_nll is not comparable (set the alias by hand to switch)"
+    )
+    assert _champion_run() == first
 
 
 def test_champion_model_files(store, tmp_path_factory):

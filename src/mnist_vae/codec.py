@@ -123,7 +123,9 @@ def frequencies(log_weights: torch.Tensor) -> np.ndarray:
     """Integer frequencies from log-probabilities known up to a constant per row: the one
     place where the network's numbers become what the coder sees, for compression and
     decompression alike (the largest of a row is ``2^FREQUENCY_BITS``, none below 1)."""
-    shifted = log_weights - log_weights.amax(dim=-1, keepdim=True)
+    top = log_weights.amax(dim=-1, keepdim=True)
+    # a row whose values all have probability 0 in floating point: uniform (every one at 1)
+    shifted = log_weights - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     scaled = torch.round(shifted.exp_() * float(1 << FREQUENCY_BITS)).clamp_(min=1.0)
     return np.ascontiguousarray(scaled.numpy(), dtype=np.float64)
 
@@ -210,9 +212,15 @@ class BitsBackCodec:
         return values
 
     def _batches(self, count: int) -> list[slice]:
-        """The first image alone (its pops read the start-up words), then full batches."""
-        edges = [0, 1, *range(1 + self.batch, count, self.batch), count]
-        return [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
+        """Batches that grow from one image, doubling up to ``batch``: a batch's latent pops
+        read bits that the images before it pushed, so a first batch of 100 would read from
+        an almost empty stack (decoding garbage latents that then cost their images dearly;
+        still lossless, only larger). The sizes depend on the count alone."""
+        edges, size = [0], 1
+        while edges[-1] < count:
+            edges.append(min(count, edges[-1] + size))
+            size = min(2 * size, self.batch)
+        return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
     def _startup_words(self) -> np.ndarray:
         """Fixed words for the first image's latent pops (more than the largest they need)."""

@@ -69,13 +69,13 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = at_least(1, 15)
+    epochs: int = at_least(1, 30)
     batch_size: int = at_least(1, 128)
     lr: float = above(0, 3e-3)
     """Adam's learning rate (the peak, with the cosine schedule)"""
     schedule: str = one_of(SCHEDULES, "cosine")
     """``cosine``: lr decays to 0 over all steps; ``constant``"""
-    loss: str = one_of(LOSSES, "logistic_mixture")
+    loss: str = one_of(LOSSES, "bce")
     """``bce``: Bernoulli negative ELBO in nats; ``mse``: the original's squared error;
     ``beta_binomial``, ``logistic_mixture``: distributions over the 256 grey levels (codecs)"""
     device: str = one_of(DEVICES, "auto")

@@ -39,6 +39,8 @@ REGISTERED_MODEL = "mnist-vae"
 CHAMPION_ALIAS = "champion"
 PROMOTION_METRIC = "eval.iwae_nll"
 PROMOTION_TAG = "mnist_vae.promotion"
+# scores compare only between models of the same likelihood on the same pixels
+COMPARABLE_PARAMS = ("train.loss", "data.binarize")
 MODEL_FOLDER_ARTIFACT = "model_files"  # the run's artifact folder: model.pt and config.json
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -243,8 +245,20 @@ def promote_if_better(run_id: str, name: str = REGISTERED_MODEL) -> str:
         version = max(versions, key=lambda v: int(v.version))
         champion = _champion(client, name)
         theirs = champion and client.get_run(champion.run_id).data.metrics.get(PROMOTION_METRIC)
+        differ = champion and [
+            f"{key}={client.get_run(champion.run_id).data.params.get(key)}"
+            for key in COMPARABLE_PARAMS
+            if client.get_run(champion.run_id).data.params.get(key)
+            != client.get_run(run_id).data.params.get(key)
+        ]
         if champion is not None and champion.version == version.version:
             decision = f"version {version.version} is already the champion"
+        elif champion is not None and differ:
+            decision = (
+                f"not promoted: champion version {champion.version} was trained with "
+                f"{', '.join(differ)}, so its {PROMOTION_METRIC} is not comparable (set the "
+                f"alias by hand to switch)"
+            )
         elif champion is not None and theirs is not None and ours >= theirs:
             decision = (
                 f"not promoted: {PROMOTION_METRIC} {ours:.3f} does not beat champion "
