@@ -1,10 +1,12 @@
 """Stage compress: the trained model as a lossless codec on the whole test set.
 
-Reads: data.test_limit, data.binarize   Writes: data/compression/test.mvae (the test
-images, compressed), data/metrics/compress.json (dvc metrics: bits per pixel actually
-written, the negative ELBO and IWAE bound in bits per pixel from evaluate, the gap, images
-per second both ways) and data/metrics/codecs.csv (dvc plots: ours beside the baselines).
-Decompresses in a fresh codec and stops with an error unless every pixel comes back.
+Reads: data.test_limit, data.binarize
+Writes: data/compression/test.mvae (the test images, compressed; for a model that is no
+codec, NOT_COMPRESSED.txt with the reason), data/metrics/compress.json (dvc metrics: bits
+per pixel actually written, the negative ELBO and IWAE bound in bits per pixel from
+evaluate, the gap, images per second both ways) and data/metrics/codecs.csv (dvc plots:
+ours beside the baselines). Decompresses in a fresh codec and stops with an error unless
+every pixel comes back.
 """
 
 import json
@@ -43,8 +45,11 @@ def main() -> None:
     binary = params.data.binarize == "dynamic"
     if levels is None or (levels == 2) != binary:
         pixels = "binary" if binary else "grey"
-        print(f"compress: a model trained with train.loss {loss} on {pixels} pixels is no "
-              "codec for them; baselines only", flush=True)  # fmt: skip
+        reason = f"a model trained with train.loss {loss} on {pixels} pixels is no codec for them"
+        print(f"compress: {reason}; baselines only", flush=True)
+        (OUT / "NOT_COMPRESSED.txt").write_text(
+            f"{reason}: train with train.loss logistic_mixture (README: Compression)\n"
+        )
         write_metrics(METRICS, {"lossless": False})
         table.to_csv(TABLE, index=False)
         return
