@@ -255,7 +255,7 @@ def test_compress_codes_the_test_set_losslessly_beside_the_baselines(project, tm
     assert metrics["bytes"] == stream.stat().st_size
     assert metrics["bits_per_pixel"] == pytest.approx(8 * stream.stat().st_size / (n * 784))
     assert abs(metrics["gap_to_nelbo"]) < 0.02  # the rate is the negative ELBO
-    assert metrics["compress_images_per_second"] > 0 < metrics["decompress_images_per_second"]
+    assert "compress_images_per_second" not in metrics  # a clock is no reproducible output
     table = pd.read_csv(project / "data/metrics/codecs.csv")
     assert table["codec"].iloc[0] == "mnist-vae (bits-back ANS)"
     assert {"PNG", "WebP lossless", "JPEG XL lossless", "xz -9e", "zstd -22"} <= set(table["codec"])
@@ -281,7 +281,7 @@ def test_dvc_plots_show_renders_every_plot_in_one_page(project):
     page = (project / "plots_page" / "index.html").read_text()
     plots = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
     names = [p if isinstance(p, str) else next(iter(p)) for p in plots]
-    assert len(names) == 11
+    assert len(names) == 12
     for name in names:
         assert name in page, name
 
@@ -644,7 +644,7 @@ def test_the_pipeline_records_to_a_shared_server_on_postgresql(
         status, body = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": z.tolist()})
     assert status == 200, body
     with torch.no_grad():
-        expected = torch.sigmoid(load_model(project / "data/model").decode(z)).squeeze(1)
+        expected = load_model(project / "data/model").mean_image(z).squeeze(1)
     assert np.allclose(np.array(body["predictions"]), expected.numpy(), atol=1e-5)
 
 
