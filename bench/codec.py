@@ -23,7 +23,7 @@ import torch
 
 from mnist_vae import baselines
 from mnist_vae.codec import BitsBackCodec
-from mnist_vae.data import load_test_images
+from mnist_vae.data import load_test_images, to_symbols
 from mnist_vae.losses import LossParts
 from mnist_vae.training import held_out_loss
 
@@ -39,7 +39,7 @@ def main() -> None:
     codec = BitsBackCodec.from_folder(args.model)
     binary = codec.levels == 2
     grey, _ = load_test_images(DATA, args.limit, "dynamic" if binary else "none")
-    images = (grey.squeeze(1) * (codec.levels - 1)).round().to(torch.uint8).numpy()
+    images = to_symbols(grey, codec.levels).numpy()
     n, pixels = len(images), images.size
     print(f"{n} test images ({'binarized' if binary else '8-bit grey'}), model {args.model} "
           f"({codec.loss}, z = {codec.model.config.latent_dim}), "
@@ -62,7 +62,8 @@ def main() -> None:
           f"{n / decode_seconds:.0f} images/s", flush=True)  # fmt: skip
 
     print("\nbaselines (same images, each decoded and checked):")
-    results = sorted(baselines.measure(images), key=lambda r: r.bits_per_pixel)
+    grey_levels = to_symbols(grey, 256).numpy()  # binarized digits as 0 and 255, as the stage
+    results = sorted(baselines.measure(grey_levels), key=lambda r: r.bits_per_pixel)
     for r in results:
         mark = "" if r.bits_per_pixel > rate else "   <- smaller than ours"
         print(f"  {r.codec:18s} {r.layout:10s} {r.bits_per_pixel:7.4f} bpp "
