@@ -147,3 +147,25 @@ def test_frequencies_are_positive_even_where_the_model_is_certain():
     weights = torch.tensor([[0.0, -math.inf, -math.inf], [-math.inf, -math.inf, -math.inf]])
     table = frequencies(weights)
     assert table.tolist() == [[float(1 << 22), 1.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def test_the_round_trip_reports_the_rate_of_the_bytes_and_its_gap(folder, digits):
+    from mnist_vae.codec import round_trip
+
+    trip = round_trip(folder, digits[:20])
+    assert trip.bits_per_pixel == 8 * len(trip.data) / digits[:20].size
+    metrics = trip.metrics(nelbo_bits_per_pixel=4.0, iwae_bits_per_pixel=3.9)
+    assert metrics["gap_to_nelbo"] == pytest.approx(trip.bits_per_pixel / 4.0 - 1)
+    assert set(trip.speed()) == {"compress_images_per_second", "decompress_images_per_second"}
+    assert not set(trip.speed()) & set(metrics)  # no clock among the reproducible figures
+
+
+def test_which_models_code_which_pixels():
+    from mnist_vae.codec import no_codec_reason
+
+    assert no_codec_reason("logistic_mixture", binary=False) is None
+    assert no_codec_reason("bce", binary=True) is None
+    assert no_codec_reason("bce", binary=False) == (
+        "a model trained with train.loss bce on grey pixels is no codec for them"
+    )
+    assert "train.loss mse on binary pixels" in no_codec_reason("mse", binary=True)
