@@ -2,7 +2,9 @@
 pyfunc model (a new version of ``mnist-vae`` per training).
 
 Reads: latent_dim, seed, data.*, model.*, train.*   Writes: data/model/,
-data/metrics/train.json (dvc metrics), data/metrics/train_history.csv (dvc plots).
+data/metrics/train.json (dvc metrics), data/metrics/train_history.csv (dvc plots),
+data/metrics/environment.json (torch version, CPU kernels, threads, device: what decides the
+bits; also tagged env.* on the MLflow run).
 Checkpoints every epoch to data/checkpoints/train.pt (not a DVC output, git-ignored): a
 re-run after a kill resumes from it, in the same MLflow run, and deletes it when done.
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_vae import distributed, tracking
+from mnist_vae import CPU_KERNELS, distributed, environment, tracking
 from mnist_vae.checkpoint import Checkpoint, training_fingerprint
 from mnist_vae.data import OFFICIAL_MIRRORS, dataset_digest, load_images, load_test_images
 from mnist_vae.model import VAEConfig, save_model
@@ -28,6 +30,7 @@ DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
 METRICS = Path("data/metrics/train.json")
 HISTORY = Path("data/metrics/train_history.csv")
+ENVIRONMENT = Path("data/metrics/environment.json")
 CHECKPOINT = Path("data/checkpoints/train.pt")
 
 
@@ -40,12 +43,14 @@ def main() -> None:
     digest = dataset_digest(DATA)
     checkpoint = Checkpoint(CHECKPOINT, training_fingerprint(params, cluster.world_size, digest))
     resume = checkpoint.load()  # every process reads it
+    machine = environment.record(str(plan.device), CPU_KERNELS)
     with (
         distributed.process_group(cluster, plan.device),
         tracking.training_run(
             params, plan.as_params(), data_checksum=digest, source_url=OFFICIAL_MIRRORS[0],
             datasets={"training": train_x, "testing": test_x},
-            resume_run_id=resume and resume["run_id"], enabled=cluster.is_main,
+            resume_run_id=resume and resume["run_id"], environment=machine,
+            enabled=cluster.is_main,
         ) as mlflow_run,
     ):  # fmt: skip
         checkpoint.run_id = mlflow_run.run_id
@@ -60,6 +65,7 @@ def main() -> None:
               f"peak memory {memory:.0f} MiB", flush=True)  # fmt: skip
         save_model(model, MODEL_DIR)
         write_metrics(METRICS, result.history[-1].as_dict())
+        write_metrics(ENVIRONMENT, machine)
         pd.DataFrame([m.as_dict() for m in result.history]).to_csv(HISTORY, index=False)
         costs = {"train_seconds": result.seconds, "peak_rss_mib": memory}
         mlflow_run.log_outputs(MODEL_DIR / WEIGHTS_FILE, HISTORY, costs)

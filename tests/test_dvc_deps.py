@@ -3,8 +3,8 @@
 DVC re-runs a stage when one of its listed deps changes, so a library file that a stage
 imports but does not list means `dvc repro` silently keeps outputs made by old code. This
 test reads each stage's script, follows its imports inside the package transitively (the
-way Python would load them) and compares the files with the stage's ``src/`` deps, both
-ways. Imports under ``if TYPE_CHECKING:`` never run and are not followed.
+way Python would load them, ``__init__.py`` first) and compares the files with the stage's
+``src/`` deps, both ways. Imports under ``if TYPE_CHECKING:`` never run and are not followed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "mnist_vae"
 PACKAGE_DIR = ROOT / "src" / PACKAGE
+INIT = PACKAGE_DIR / "__init__.py"
 
 
 def _runtime_nodes(tree: ast.AST):
@@ -34,11 +35,12 @@ def _runtime_nodes(tree: ast.AST):
 
 
 def _module_file(dotted: str) -> Path | None:
-    """``mnist_vae.x`` -> src/mnist_vae/x.py (None for the package itself or outside it)."""
+    """``mnist_vae.x`` -> src/mnist_vae/x.py, ``mnist_vae`` -> its ``__init__.py`` (None
+    outside the package)."""
     parts = dotted.split(".")
-    if parts[0] != PACKAGE or len(parts) == 1:
+    if parts[0] != PACKAGE:
         return None
-    path = PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py")
+    path = PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py") if len(parts) > 1 else INIT
     return path if path.is_file() else None
 
 
@@ -55,7 +57,8 @@ def package_imports(path: Path) -> set[Path]:
                 base = ".".join([PACKAGE, *filter(None, [base])])
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import mod`
-    return {file for name in found if (file := _module_file(name)) is not None}
+    files = {file for name in found if (file := _module_file(name)) is not None}
+    return files | {INIT} if files and path != INIT else files  # a module loads its package
 
 
 def closure(script: Path) -> set[Path]:
@@ -78,12 +81,12 @@ def _stage_script(cmd: str) -> Path:
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def test_the_package_init_imports_nothing():
-    """Importing any module runs ``__init__.py``; it is left out of the deps because it only
-    holds the version string. This keeps that true."""
-    assert not package_imports(PACKAGE_DIR / "__init__.py")
-    tree = ast.parse((PACKAGE_DIR / "__init__.py").read_text())
-    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+def test_every_stage_loads_the_package_init_and_the_cpu_kernel_pin():
+    """Importing any module runs ``__init__.py``, which pins the CPU kernels (environment.py):
+    both decide the bits of every stage, so every stage lists both."""
+    assert package_imports(INIT) == {PACKAGE_DIR / "environment.py"}
+    for stage, spec in STAGES.items():
+        assert INIT in closure(_stage_script(spec["cmd"])), stage
 
 
 def deps_problems(stage: str, spec: dict) -> list[str]:

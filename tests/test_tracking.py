@@ -131,6 +131,7 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
     with tracking.training_run(
         Params(), used, data_checksum="abc", datasets={"training": train, "testing": test},
         source_url="https://example.org/mnist/", resume_run_id=None,
+        environment={"torch": "2.14.1", "cpu_kernels": "avx2", "threads": 2},
     ) as run:  # fmt: skip
         time.sleep(2)  # a few samples of the system metrics
     set_system_metrics_sampling_interval(None)
@@ -139,6 +140,8 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
     assert logged.data.params["train.effective_lr"] == "0.006"
     assert logged.data.params["train.effective_batch_size"] == "512"
     assert logged.data.tags[tracking.DATA_TAG] == "abc"
+    assert logged.data.tags["env.cpu_kernels"] == "avx2"
+    assert logged.data.tags["env.threads"] == "2"
     inputs = {
         d.tags[0].value: d.dataset for d in logged.inputs.dataset_inputs
     }  # context -> dataset
@@ -153,14 +156,17 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
     with tracking.training_run(
         Params(), used, data_checksum="abc", datasets={"training": train, "testing": test},
         source_url="https://example.org/mnist/", resume_run_id=run.run_id,
+        environment={"torch": "2.14.1", "cpu_kernels": "avx2", "threads": 1},
     ) as again:  # fmt: skip
         assert again.run_id == run.run_id
     assert len(mlflow.get_run(run.run_id).inputs.dataset_inputs) == 2
+    assert mlflow.get_run(run.run_id).data.tags["env.threads"] == "1"  # the resuming process's
 
 
 def test_off_rank_zero_a_training_run_is_a_no_op(store):
     with tracking.training_run(
-        None, {}, data_checksum="", datasets={}, source_url="", resume_run_id=None, enabled=False
+        None, {}, data_checksum="", datasets={}, source_url="", resume_run_id=None, environment={},
+        enabled=False,
     ) as run:  # fmt: skip
         assert run.run_id is None
         run.log_epoch(None)  # nothing to log, nothing raised

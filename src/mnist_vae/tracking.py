@@ -39,6 +39,7 @@ REGISTERED_MODEL = "mnist-vae"
 CHAMPION_ALIAS = "champion"
 PROMOTION_METRIC = "eval.iwae_nll"
 PROMOTION_TAG = "mnist_vae.promotion"
+ENVIRONMENT_TAG_PREFIX = "env."  # env.torch, env.cpu_kernels, env.threads, ... (environment.py)
 # scores compare only between models of the same likelihood on the same pixels
 COMPARABLE_PARAMS = ("train.loss", "data.binarize")
 MODEL_FOLDER_ARTIFACT = "model_files"  # the run's artifact folder: model.pt and config.json
@@ -170,12 +171,14 @@ def training_run(
     datasets: Mapping[str, Any],
     source_url: str,
     resume_run_id: str | None,
+    environment: Mapping[str, Any],
     enabled: bool = True,
 ) -> Iterator[TrainingRun]:
     """Open the run of a training: continue ``resume_run_id``, or start a new run named after
     the params and log the params, the values ``used`` (batch size, lr, device as run) and
     ``datasets`` (``{"training": images, "testing": images}``, whose files are those
-    at ``source_url``, checksums verified).
+    at ``source_url``, checksums verified), and tag it with the ``environment`` that decides its
+    bits (``env.torch``, ``env.cpu_kernels``, ...; a resumed run gets the resuming one's).
     System metrics are sampled while it is open. ``enabled=False`` opens nothing."""
     if not enabled:
         yield TrainingRun(None)
@@ -187,6 +190,7 @@ def training_run(
         name = run_name(params.latent_dim, params.model.arch, params.train.epochs, params.seed)
         run = mlflow.start_run(run_name=name, tags=run_tags(data_checksum), log_system_metrics=True)
     with run:
+        mlflow.set_tags({ENVIRONMENT_TAG_PREFIX + k: str(v) for k, v in environment.items()})
         if resume_run_id is None:
             mlflow.log_params({**params.flat(), **used})
             for context, images in datasets.items():
