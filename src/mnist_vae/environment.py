@@ -6,7 +6,7 @@ products (``MKL_CBWR``) each take the widest the CPU has, and AVX-512 kernels su
 order than AVX2 ones, so the same seed gives other weights on another CPU. Measured here
 (``bench/reproducibility.py``, README: Reproducibility): capping all three at AVX2 makes
 training bit-identical whatever the instruction set above AVX2 and whatever the thread count,
-for about 13% more training time. So the package caps them when it is imported, before
+for about 11% more training time. So the package caps them when it is imported, before
 torch computes anything, unless ``MNIST_VAE_NATIVE_CPU=1``.
 
 Torch-free at import: ``mnist_vae/__init__.py`` runs :func:`pin_cpu_kernels` before any
