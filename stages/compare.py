@@ -24,6 +24,7 @@ OUT = Path("data/comparison")
 
 def main() -> None:
     params = load_params()
+    tracking.configure()  # a server that refuses us stops the stage before any output
     model = load_model(MODEL_DIR)
     originals, _ = load_images(DATA, "test", params.compare.n_images, random_subset=False)
     reconstructions = model.reconstruct(originals)

@@ -36,6 +36,7 @@ TABLE = Path("data/metrics/codecs.csv")
 
 def main() -> None:
     params = load_params()
+    tracking.configure()  # a server that refuses us stops the stage before any output
     images, _ = load_test_images(DATA, params.data.test_limit, params.data.binarize)
     loss = load_model(MODEL_DIR).config.likelihood
     shutil.rmtree(OUT, ignore_errors=True)

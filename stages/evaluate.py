@@ -31,6 +31,7 @@ PICTURES = Path("data/evaluation")
 
 def main() -> None:
     params = load_params()
+    tracking.configure()  # a server that refuses us stops the stage before any output
     p = params.evaluate
     model = load_model(MODEL_DIR)
     test_x, test_y = load_test_images(DATA, params.data.test_limit, params.data.binarize)

@@ -22,6 +22,7 @@ OUT = Path("data/generated")
 
 def main() -> None:
     params = load_params()
+    tracking.configure()  # a server that refuses us stops the stage before any output
     model = load_model(MODEL_DIR)
     images = model.sample(params.generate.n_samples, torch.Generator().manual_seed(params.seed))
 

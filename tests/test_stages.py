@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, UNAUTHENTICATED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,46 @@ def test_a_diverging_training_stops_with_where_and_marks_the_mlflow_run_failed(
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (UNAUTHENTICATED, "did not accept the credentials (HTTP 401)"),
+        (PERMISSION_DENIED, "refused 'viewer' the request /api/2.0/mlflow/runs/create"),
+    ],
+)
+def test_a_refusing_tracking_server_stops_a_stage_with_one_line(
+    code, expected, capsys, monkeypatch
+):
+    from mnist_vae.stage import run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example.org")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "viewer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    refused = mlflow.exceptions.MlflowException(
+        "API request to endpoint /api/2.0/mlflow/runs/create failed with error code 4xx",
+        error_code=code,
+    )
+
+    def main():
+        raise refused
+
+    with pytest.raises(SystemExit) as stopped:
+        run(main, "generate")
+    assert stopped.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("generate: error: http://mlflow.example.org ")
+    assert expected in line
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in line
+    assert "s3cret" not in line
+
+
+def test_other_mlflow_errors_keep_their_traceback():
+    from mnist_vae.stage import run
+
+    def main():
+        raise mlflow.exceptions.MlflowException("boom", error_code=INTERNAL_ERROR)
+
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        run(main, "generate")

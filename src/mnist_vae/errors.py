@@ -31,6 +31,38 @@ class CodecError(ValueError):
     bytes, another platform), or images the codec cannot take."""
 
 
+class TrackingAccessError(PermissionError):
+    """The MLflow server refused the credentials (HTTP 401) or the account's permission
+    (HTTP 403); made from MLflow's exception by :func:`tracking_access_error`."""
+
+
+def tracking_access_error(error: BaseException) -> TrackingAccessError | None:
+    """The user's version of an MLflow client error that is about access, else None.
+
+    Duck-typed on ``MlflowException.get_http_status_code`` so that this module and
+    ``stage.py`` stay free of MLflow's import. Never quotes a credential: the message
+    names the variables, the account and the server, not the password."""
+    import os
+    import re
+
+    status = getattr(error, "get_http_status_code", lambda: None)()
+    if status not in (401, 403):
+        return None
+    server = os.environ.get("MLFLOW_TRACKING_URI", "the MLflow server")
+    credentials = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
+    if status == 401:
+        return TrackingAccessError(
+            f"{server} did not accept the credentials (HTTP 401): set {credentials} "
+            "to your account on it"
+        )
+    endpoint = re.search(r"endpoint (\S+)", str(error))
+    account = os.environ.get("MLFLOW_TRACKING_USERNAME", "this account")
+    return TrackingAccessError(
+        f"{server} refused {account!r} the request {endpoint[1] if endpoint else ''} (HTTP 403): "
+        f"set {credentials} to an account that may train (README: Shared tracking)"
+    )
+
+
 USER_ERRORS = (
     ParamsError,
     DownloadError,
@@ -38,6 +70,7 @@ USER_ERRORS = (
     TrainingDiverged,
     DistributedError,
     CodecError,
+    TrackingAccessError,
     FileNotFoundError,
 )
 """Errors whose message tells the user what to do; a traceback would only hide it."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, tracking_access_error
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -18,15 +18,25 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run(main: Callable[[], object], name: str) -> None:
+    """Run a stage's ``main``: a user error, or an MLflow server refusing the credentials or
+    the account (HTTP 401/403), ends it with one line on stderr and exit status 1."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except USER_ERRORS as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        _fail(name, exc)
+    except Exception as exc:
+        if (access := tracking_access_error(exc)) is None:
+            raise
+        _fail(name, access)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _fail(name: str, error: BaseException) -> None:
+    print(f"{name}: error: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 def write_metrics(path: str | Path, values: dict[str, Any]) -> Path:
