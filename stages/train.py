@@ -1,7 +1,8 @@
 """Stage train: fit the VAE and record the run in MLflow, with the model as a registered
 pyfunc model (a new version of ``mnist-vae`` per training).
 
-Reads: latent_dim, seed, data.*, model.*, train.*   Writes: data/model/,
+Reads: latent_dim, seed, data.*, model.*, train.*   Writes: data/model/ (with the sampling
+mixture fitted to the training codes when model.sampler_components > 0),
 data/metrics/train.json (dvc metrics), data/metrics/train_history.csv (dvc plots),
 data/metrics/environment.json (torch version, CPU kernels, threads, device: what decides the
 bits; also tagged env.* on the MLflow run).
@@ -22,6 +23,7 @@ from mnist_vae.data import OFFICIAL_MIRRORS, dataset_digest, load_images, load_t
 from mnist_vae.model import VAEConfig, save_model
 from mnist_vae.model_folder import WEIGHTS_FILE
 from mnist_vae.params import load_params
+from mnist_vae.sampler import check_sampler, fit_sampler
 from mnist_vae.serving import log_pyfunc_model
 from mnist_vae.stage import run, write_metrics
 from mnist_vae.training import fit, peak_memory_mib, plan_training, seeded_model
@@ -40,6 +42,7 @@ def main() -> None:
     train_x, _ = load_images(DATA, "train", params.data.train_limit, params.seed)
     test_x, _ = load_test_images(DATA, params.data.test_limit, params.data.binarize)
     plan = plan_training(params.train, cluster, len(train_x))
+    check_sampler(params.model.sampler_components, len(train_x))
     digest = dataset_digest(DATA)
     checkpoint = Checkpoint(CHECKPOINT, training_fingerprint(params, cluster.world_size, digest))
     resume = checkpoint.load()  # every process reads it
@@ -54,12 +57,17 @@ def main() -> None:
         ) as mlflow_run,
     ):  # fmt: skip
         checkpoint.run_id = mlflow_run.run_id
-        config = VAEConfig(params.latent_dim, params.model.arch, likelihood=params.train.loss)
+        config = VAEConfig(params.latent_dim, params.model.arch, likelihood=params.train.loss,
+                           sampler_components=params.model.sampler_components)  # fmt: skip
         model = seeded_model(config, params.seed)
         result = fit(model, train_x, test_x, params, plan, on_epoch=mlflow_run.log_epoch,
                      checkpoint=checkpoint, resume=resume)  # fmt: skip
         if not cluster.is_main:
             return
+        if config.sampler_components:
+            score = fit_sampler(model, train_x, params.seed)
+            print(f"train: sampler: {config.sampler_components} Gaussians fitted to "
+                  f"{len(train_x)} codes ({score:.2f} nats per code)", flush=True)  # fmt: skip
         memory = peak_memory_mib()
         print(f"train: {params.train.epochs} epochs in {result.seconds:.1f} s, "
               f"peak memory {memory:.0f} MiB", flush=True)  # fmt: skip

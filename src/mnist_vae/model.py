@@ -59,6 +59,9 @@ class VAEConfig:
     negative_slope: float = 0.2
     likelihood: str = "bce"
     """what the decoder's output means (:mod:`.likelihoods`; the ``train.loss`` trained with)"""
+    sampler_components: int = 0
+    """Gaussians in the mixture that :meth:`ConvVAE.sample` draws latents from, fitted to the
+    training set's codes after training (:mod:`.sampler`); 0: the N(0, I) prior"""
 
 
 def _padding(kernel: int) -> int:
@@ -88,7 +91,8 @@ class VAEOutput(NamedTuple):
 
 
 class ConvVAE(nn.Module):
-    """Gaussian encoder q(z|x), decoder p(x|z) of the config's likelihood, N(0, I) prior."""
+    """Gaussian encoder q(z|x), decoder p(x|z) of the config's likelihood, N(0, I) prior,
+    and optionally a Gaussian mixture over the codes for sampling (buffers ``sampler_*``)."""
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
@@ -131,6 +135,12 @@ class ConvVAE(nn.Module):
                 decoder.append(act())
         self.decoder = nn.Sequential(*decoder)
 
+        k, d = config.sampler_components, config.latent_dim
+        if k:  # weights, means and Cholesky factors of the covariances; set by sampler.fit
+            self.register_buffer("sampler_weights", torch.full((k,), 1.0 / k))
+            self.register_buffer("sampler_means", torch.zeros(k, d))
+            self.register_buffer("sampler_scale_tril", torch.eye(d).repeat(k, 1, 1))
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         c = self.config
@@ -168,11 +178,21 @@ class ConvVAE(nn.Module):
         return self.mean_image(mean)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` images decoded from latent vectors drawn from the prior N(0, I)."""
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` latent vectors ``[n, latent_dim]`` from the sampler's Gaussian mixture, or from
+        the prior N(0, I) when the model has none."""
         device = next(self.parameters()).device
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
-        return self.mean_image(z)
+        eps = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
+        if not self.config.sampler_components:
+            return eps
+        component = torch.multinomial(self.sampler_weights, n, True, generator=generator)
+        scale = self.sampler_scale_tril[component]
+        return self.sampler_means[component] + (scale @ eps.unsqueeze(-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images decoded from :meth:`sample_latents`."""
+        return self.mean_image(self.sample_latents(n, generator))
 
     @torch.no_grad()
     def interpolate(self, x_start: torch.Tensor, x_end: torch.Tensor, steps: int) -> torch.Tensor:

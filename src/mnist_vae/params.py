@@ -65,19 +65,22 @@ class DataParams:
 class ModelParams:
     arch: str = one_of(ARCH_NAMES, "fast")
     """``fast``: two 4x4 stride-2 convolutions and a dense layer; ``conv``: the original's"""
+    sampler_components: int = at_least(0, 50)
+    """Gaussians of the mixture fitted to the training codes after training, which ``sample``
+    draws from (0: the N(0, I) prior); the codec always uses the prior"""
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = at_least(1, 30)
+    epochs: int = at_least(1, 15)
     batch_size: int = at_least(1, 128)
     lr: float = above(0, 3e-3)
     """Adam's learning rate (the peak, with the cosine schedule)"""
     schedule: str = one_of(SCHEDULES, "cosine")
     """``cosine``: lr decays to 0 over all steps; ``constant``"""
-    loss: str = one_of(LOSSES, "bce")
-    """``bce``: Bernoulli negative ELBO in nats; ``mse``: the original's squared error;
-    ``beta_binomial``, ``logistic_mixture``: distributions over the 256 grey levels (codecs)"""
+    loss: str = one_of(LOSSES, "logistic_mixture")
+    """``logistic_mixture``, ``beta_binomial``: distributions over the 256 grey levels (codecs);
+    ``bce``: Bernoulli negative ELBO in nats; ``mse``: the original's squared error"""
     device: str = one_of(DEVICES, "auto")
     """``auto``: CUDA when available, else the CPU"""
     cuda_batch_scale: int = at_least(1, 4)
