@@ -79,7 +79,10 @@ def test_a_diverging_training_stops_with_where_and_marks_the_mlflow_run_failed(
     tmp_path, tiny_mnist
 ):
     result = _train_on_tiny_data(
-        tmp_path, tiny_mnist, "train: {epochs: 2, batch_size: 4, lr: 1.0e+30, schedule: constant}\n"
+        tmp_path,
+        tiny_mnist,
+        "train: {epochs: 2, batch_size: 4, lr: 1.0e+30, schedule: constant}\n"
+        "model: {sampler_components: 2}\n",
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]

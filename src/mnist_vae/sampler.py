@@ -32,7 +32,7 @@ def check_sampler(components: int, n_train: int) -> None:
     if components > n_train:
         raise ParamsError(
             f"params.yaml: model.sampler_components = {components} needs at least as many "
-            f"training images; data.train_limit gives {n_train}"
+            f"training images, and there are {n_train} (data.train_limit)"
         )
 
 
