@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 from mlflow.server.auth.permissions import (
@@ -39,8 +40,6 @@ ROLES = {"trainer": "EDIT", "viewer": "READ"}
 def project_resources(tracking_uri: str) -> str:
     """Create the project's experiment and registered model if the server lacks them (so
     their permissions can be granted before anyone trains); return the experiment's id."""
-    import mlflow
-
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None:

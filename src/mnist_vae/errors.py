@@ -5,6 +5,9 @@ on stderr) can catch them all without importing the training loop, the data load
 torch itself.
 """
 
+import os
+import re
+
 
 class ParamsError(ValueError):
     """A parameter in params.yaml is missing, unknown, of the wrong type or out of range."""
@@ -42,9 +45,6 @@ def tracking_access_error(error: BaseException) -> TrackingAccessError | None:
     Duck-typed on ``MlflowException.get_http_status_code`` so that this module and
     ``stage.py`` stay free of MLflow's import. Never quotes a credential: the message
     names the variables, the account and the server, not the password."""
-    import os
-    import re
-
     status = getattr(error, "get_http_status_code", lambda: None)()
     if status not in (401, 403):
         return None

@@ -53,9 +53,11 @@ def fit_sampler(model: ConvVAE, images: torch.Tensor, seed: int) -> float:
     codes = posterior_means(model, images)
     mixture = GaussianMixture(components, covariance_type="full", random_state=seed)
     mixture.fit(codes)
-    device = model.sampler_means.device
-    as_buffer = lambda array: torch.as_tensor(array, dtype=torch.float32, device=device)  # noqa: E731
-    model.sampler_weights.copy_(as_buffer(mixture.weights_))
-    model.sampler_means.copy_(as_buffer(mixture.means_))
-    model.sampler_scale_tril.copy_(as_buffer(np.linalg.cholesky(mixture.covariances_)))
+    fitted = (
+        (model.sampler_weights, mixture.weights_),
+        (model.sampler_means, mixture.means_),
+        (model.sampler_scale_tril, np.linalg.cholesky(mixture.covariances_)),
+    )
+    for buffer, array in fitted:
+        buffer.copy_(torch.as_tensor(array, dtype=buffer.dtype))
     return float(mixture.score(codes))
