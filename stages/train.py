@@ -23,8 +23,8 @@ from mnist_vae.data import OFFICIAL_MIRRORS, dataset_digest, load_images, load_t
 from mnist_vae.model import VAEConfig, save_model
 from mnist_vae.model_folder import WEIGHTS_FILE
 from mnist_vae.params import load_params
+from mnist_vae.pyfunc import log_pyfunc_model
 from mnist_vae.sampler import check_sampler, fit_sampler
-from mnist_vae.serving import log_pyfunc_model
 from mnist_vae.stage import run, write_metrics
 from mnist_vae.training import fit, peak_memory_mib, plan_training, seeded_model
 

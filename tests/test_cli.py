@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import os
 import shutil
@@ -16,7 +17,7 @@ from PIL import Image
 
 from mnist_vae import tracking
 from mnist_vae.model import VAEConfig, save_model
-from mnist_vae.serving import log_pyfunc_model
+from mnist_vae.pyfunc import log_pyfunc_model
 from mnist_vae.training import seeded_model
 
 EXE = str(Path(sys.executable).with_name("mnist-vae"))
@@ -90,7 +91,7 @@ def test_bad_streams_are_one_line_and_write_nothing(workdir):
     altered[-20] ^= 0xFF
     (workdir / "altered.mvae").write_bytes(bytes(altered))
     for stream, model, message in (
-        ("s.mvae", "other", "the file was compressed with another model"),
+        ("s.mvae", "other", "the stream was compressed with another model"),
         ("cut.mvae", "model", "truncated"),
         ("altered.mvae", "model", "error: "),
         ("digits/d0.png", "model", "not an mnist-vae compressed file"),
@@ -131,3 +132,50 @@ def test_a_model_from_the_mlflow_registry(workdir, tmp_path, monkeypatch):
                 f"models:/{tracking.REGISTERED_MODEL}/7", cwd=workdir, env=env)  # fmt: skip
     assert done.returncode == 1 and "cannot load the model models:/mnist-vae/7" in done.stderr
     shutil.rmtree(tmp_path / "out")
+
+
+def test_lossy_compression_round_trips_through_the_command_line(workdir, tmp_path):
+    done = _run("compress", *_digits(workdir), "-o", "l.mvae", "--model", "model", "--lossy",
+                "--rate", "8", cwd=workdir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("6 images -> l.mvae (") and "lossy, rate 8" in done.stdout
+    lossless = (workdir / "d.mvae").stat().st_size if (workdir / "d.mvae").exists() else None
+    assert lossless is None or (workdir / "l.mvae").stat().st_size < lossless
+    done = _run("decompress", "l.mvae", "-o", "lossy-out", "--model", "model", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    pictures = sorted((workdir / "lossy-out").glob("*.png"))
+    assert len(pictures) == 6
+    assert all(Image.open(p).mode == "L" and Image.open(p).size == (28, 28) for p in pictures)
+    _fails(workdir, "the stream was compressed with another model",
+           "decompress", "l.mvae", "-o", "never", "--model", "other")  # fmt: skip
+    refused = _run("compress", *_digits(workdir), "-o", "x.mvae", "--rate", "3", cwd=workdir)
+    assert refused.returncode == 2 and "--rate needs --lossy" in refused.stderr
+
+
+def test_a_served_stream_decompresses_on_the_command_line(workdir):
+    from mnist_vae.serving import VAEPyfunc
+
+    digit = np.asarray(Image.open(workdir / _digits(workdir)[0]), dtype=np.float32) / 255
+    stream = (
+        VAEPyfunc()
+        .load_folder(workdir / "model")
+        .predict(None, digit[None], {"mode": "compress"})[0]
+    )
+    (workdir / "one.z").write_bytes(base64.b64decode(stream))
+    done = _run("decompress", "one.z", "-o", "one", "--model", "model", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in (workdir / "one").glob("*.png")] == ["00000.png"]
+
+
+def test_the_served_model_is_logged_again_with_the_current_code(workdir, tmp_path, monkeypatch):
+    from mnist_vae.pyfunc import main as relog
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert relog([str(workdir / "model")]) == 0
+    tracking.configure(tmp_path)
+    client = mlflow.MlflowClient()
+    (version,) = client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
+    run = client.get_run(version.run_id)
+    assert run.data.tags[tracking.MODEL_SHA_TAG] == tracking.file_sha256(workdir / "model/model.pt")
+    mlflow.set_tracking_uri(None)

@@ -279,13 +279,34 @@ def test_compress_codes_the_test_set_losslessly_beside_the_baselines(project, tm
     assert np.array_equal(decoded, originals)
 
 
+def test_the_rate_distortion_stage_measures_ours_beside_the_baselines(project):
+    project, _, _ = project
+    metrics = json.loads((project / "data/metrics/lossy.json").read_text())
+    curves = project / "data/metrics/rate_distortion"
+    ours = pd.read_csv(curves / "mnist-vae_whole_set.csv")
+    at = ours[ours["setting"] == f"rate {metrics['rate']}"].iloc[0]
+    written = (project / "data/rate_distortion/test-lossy.mvae").stat().st_size
+    assert at["bytes"] == written and metrics["bytes_per_image"] == pytest.approx(
+        written / SMALL["data"]["test_limit"]
+    )
+    assert len(ours) == 13 and 0 < metrics["psnr"] < 100 and 0 < metrics["ssim"] <= 1
+    assert set(metrics["baseline_bytes_to_match_psnr"]) >= {"JPEG XL, per image", "WebP, mosaic"}
+    plotted = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    for plot in plotted:
+        if isinstance(plot, dict) and "y" in next(iter(plot.values())):
+            for path in next(iter(plot.values()))["y"]:
+                assert (project / path).exists(), path
+    for picture in ("curves.png", "equal_bytes.png"):
+        assert Image.open(project / "data/rate_distortion" / picture).size[0] > 500
+
+
 def test_dvc_plots_show_renders_every_plot_in_one_page(project):
     project, env, _ = project
     _sh("dvc", "plots", "show", "-o", "plots_page", cwd=project, env=env)
     page = (project / "plots_page" / "index.html").read_text()
     plots = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
     names = [p if isinstance(p, str) else next(iter(p)) for p in plots]
-    assert len(names) == 12
+    assert len(names) == 16
     for name in names:
         assert name in page, name
 

@@ -8,7 +8,8 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from mnist_vae.model import VAEConfig, build_model, save_model
-from mnist_vae.serving import MAX_ROWS, VAEPyfunc, signature
+from mnist_vae.pyfunc import signature
+from mnist_vae.serving import MAX_ROWS, VAEPyfunc
 
 LATENT = 3
 

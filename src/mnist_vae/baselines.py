@@ -7,6 +7,13 @@ digits for MNIST's 10,000: the codec's best case, its headers paid once and its 
 models trained on everything); PNG (Pillow, optimized), WebP lossless (Pillow) and JPEG
 XL lossless (imagecodecs). Every codec's output is decoded again and checked pixel for
 pixel: a baseline that is not lossless here is an error, not a figure.
+
+The lossy codecs (:func:`measure_lossy`) run over a sweep of their quality setting, per
+image and as the mosaic, and each output is decoded and judged by PSNR and SSIM
+(:mod:`.distortion`): JPEG (Pillow's libjpeg, Huffman tables optimized), the same JPEG
+re-packed by mozjpeg (its lossless optimizer: progressive scans and the smallest Huffman
+code; the coefficients are Pillow's), WebP (Pillow, method 6), AVIF (Pillow) and JPEG XL
+(imagecodecs, its ``level`` setting, 0..100).
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import imagecodecs
+import mozjpeg_lossless_optimization
 import numpy as np
 from PIL import Image
+
+from .distortion import distortion
 
 Encode = Callable[[np.ndarray], bytes]
 Decode = Callable[[bytes], np.ndarray]
@@ -126,4 +136,80 @@ def measure(images: np.ndarray) -> list[Result]:
         data = encode(tiled)
         record(name, "mosaic", len(data), time.perf_counter() - start)
         _check(name, decode(data), tiled)
+    return results
+
+
+def _mozjpeg(quality: int) -> tuple[Encode, Decode]:
+    encode, decode = _pillow("JPEG", quality=quality)
+    return (lambda image: mozjpeg_lossless_optimization.optimize(encode(image))), decode
+
+
+def _jpegxl(level: int) -> tuple[Encode, Decode]:
+    return (lambda image: imagecodecs.jpegxl_encode(image, level=level)), imagecodecs.jpegxl_decode
+
+
+LOSSY_CODECS: dict[str, Callable[[int], tuple[Encode, Decode]]] = {
+    "JPEG": lambda q: _pillow("JPEG", quality=q, optimize=True),
+    "JPEG (mozjpeg)": _mozjpeg,
+    "WebP": lambda q: _pillow("WEBP", quality=q, method=6),
+    "AVIF": lambda q: _pillow("AVIF", quality=q),
+    "JPEG XL": _jpegxl,
+}
+QUALITIES = (0, 10, 30, 60, 90)
+"""each lossy codec's quality setting, 0 (smallest) to 100"""
+
+
+@dataclass(frozen=True)
+class LossyResult:
+    codec: str
+    layout: str
+    """``per image`` or ``mosaic``"""
+    quality: int
+    bytes: int
+    images: int
+    psnr: float
+    ssim: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "codec": self.codec, "layout": self.layout, "setting": f"quality {self.quality}",
+            "bytes": self.bytes, "bits_per_image": 8 * self.bytes / self.images,
+            "psnr": self.psnr, "ssim": self.ssim,
+        }  # fmt: skip
+
+
+def lossy_round_trip(
+    images: np.ndarray, codec: str, quality: int, layout: str
+) -> tuple[int, np.ndarray]:
+    """One lossy codec at one quality on ``images`` (uint8 ``N x H x W``), one file per image
+    or one mosaic: the bytes written and the images decoded from them (the mosaic's cut
+    back into its tiles)."""
+    encode, decode = LOSSY_CODECS[codec](quality)
+    n, h, w = images.shape
+    if layout == "per image":
+        files = [encode(image) for image in images]
+        decoded = np.stack([np.asarray(decode(data)).reshape(h, w) for data in files])
+        return sum(map(len, files)), decoded
+    tiled = mosaic(images)
+    data = encode(tiled)
+    rows, columns = tiled.shape[0] // h, tiled.shape[1] // w
+    tiles = np.asarray(decode(data)).reshape(rows, h, columns, w).transpose(0, 2, 1, 3)
+    return len(data), tiles.reshape(-1, h, w)[:n]
+
+
+def measure_lossy(
+    images: np.ndarray, qualities: tuple[int, ...] = QUALITIES, progress: Callable = iter
+) -> list[LossyResult]:
+    """Every lossy codec at every quality on ``images``, per image and as one mosaic, each
+    judged on its decoded images."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    results = []
+    for name in progress(LOSSY_CODECS):
+        for quality in qualities:
+            for layout in ("per image", "mosaic"):
+                size, decoded = lossy_round_trip(images, name, quality, layout)
+                quality_measures = distortion(images, decoded)
+                results.append(
+                    LossyResult(name, layout, quality, size, len(images), **quality_measures)
+                )
     return results

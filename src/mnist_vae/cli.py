@@ -1,7 +1,13 @@
-"""``mnist-vae``: compress digits losslessly with a trained model, and get them back.
+"""``mnist-vae``: compress digits with a trained model, and get them back.
 
     mnist-vae compress digits/*.png -o digits.mvae [--model data/model] [--force]
+    mnist-vae compress digits/*.png -o digits.mvae --lossy [--rate 6]
     mnist-vae decompress digits.mvae -o out/ [--model models:/mnist-vae@champion] [--force]
+
+Lossless by default (bits-back ANS: every pixel back). ``--lossy`` keeps only the quantized
+code (a few bytes per digit; ``--rate`` 0..12, finer and larger as it grows) and
+``decompress`` gives the model's picture of each digit. ``decompress`` reads the mode from
+the file, and also takes a one-image stream as the served model's ``compress`` returns it.
 
 ``--model`` is a model folder (``config.json`` and ``model.pt``, e.g. ``data/model``) or an
 MLflow model URI (``models:/mnist-vae@champion``, ``models:/mnist-vae/3``, ``runs:/<id>/model``)
@@ -26,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import USER_ERRORS, CodecError
+from .params import MAX_RATE, LossyParams
 
 DEFAULT_MODEL = "data/model"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -39,7 +46,7 @@ def resolve_model(spec: str, scratch: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
     from . import tracking
-    from .serving import MODEL_ARTIFACT_KEY
+    from .pyfunc import MODEL_ARTIFACT_KEY
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
     try:
@@ -80,24 +87,38 @@ def _refuse_existing(path: Path, force: bool) -> None:
         raise CodecError(f"{path} exists; pass --force to replace it")
 
 
-def compress(inputs: list[Path], output: Path, model: str, force: bool) -> str:
+def compress(
+    inputs: list[Path], output: Path, model: str, force: bool, rate: int | None = None
+) -> str:
+    """Lossless, or lossy at ``rate`` when one is given."""
     from .codec import BitsBackCodec
+    from .lossy import LossyCodec
 
     _refuse_existing(output, force)
     with tempfile.TemporaryDirectory() as scratch:
-        codec = BitsBackCodec.from_folder(resolve_model(model, Path(scratch)))
-        _, h, w = codec.model.image_shape
-        images = np.stack([read_image(path, codec.levels, (h, w)) for path in inputs])
-        data = codec.compress(images)
+        folder = resolve_model(model, Path(scratch))
+        if rate is None:
+            codec = BitsBackCodec.from_folder(folder)
+            levels, shape = codec.levels, codec.model.image_shape[1:]
+        else:
+            codec = LossyCodec.from_folder(folder)
+            levels, shape = 256, codec.model.image_shape[1:]
+        images = np.stack([read_image(path, levels, shape) for path in inputs])
+        data = codec.compress(images) if rate is None else codec.compress(images, rate)
     partial = output.with_name(f".{output.name}.partial")
     partial.write_bytes(data)
     os.replace(partial, output)
     bits = 8 * len(data) / images.size
-    return f"{len(images)} images -> {output} ({len(data):,} bytes, {bits:.3f} bits per pixel)"
+    mode = "lossless" if rate is None else f"lossy, rate {rate}"
+    return (
+        f"{len(images)} images -> {output} ({len(data):,} bytes, {bits:.3f} bits per pixel, "
+        f"{len(data) / len(images):.1f} bytes per image; {mode})"
+    )
 
 
 def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
-    from .codec import BitsBackCodec
+    from .codec import LOSSLESS, BitsBackCodec, Header
+    from .lossy import LossyCodec, is_image_stream
 
     _refuse_existing(output, force)
     try:
@@ -105,12 +126,17 @@ def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
     except OSError as error:
         raise CodecError(f"{stream}: cannot be read ({error.strerror or error})") from None
     with tempfile.TemporaryDirectory() as scratch:
-        codec = BitsBackCodec.from_folder(resolve_model(model, Path(scratch)))
-        images = codec.decompress(data)
+        folder = resolve_model(model, Path(scratch))
+        if is_image_stream(data):
+            images, scale = LossyCodec.from_folder(folder).decompress_each([data]), 1
+        elif Header.unpack(data)[0].mode != LOSSLESS:
+            images, scale = LossyCodec.from_folder(folder).decompress(data), 1
+        else:
+            codec = BitsBackCodec.from_folder(folder)
+            images, scale = codec.decompress(data), 255 if codec.levels == 2 else 1
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
-        scale = 255 if codec.levels == 2 else 1
         for i, image in enumerate(images):
             Image.fromarray(image * np.uint8(scale)).save(staging / f"{i:05d}.png")
         if output.exists():
@@ -123,7 +149,7 @@ def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
 
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
-        prog="mnist-vae", description="Lossless compression of digits with a trained VAE."
+        prog="mnist-vae", description="Compression of digits with a trained VAE."
     )
     commands = main.add_subparsers(dest="command", required=True)
     for name, what, output in (
@@ -141,6 +167,16 @@ def parser() -> argparse.ArgumentParser:
             help=f"a model folder or an MLflow model URI (default {DEFAULT_MODEL})",
         )  # fmt: skip
         command.add_argument("--force", action="store_true", help="replace an existing output")
+        if name == "compress":
+            command.add_argument(
+                "--lossy", action="store_true",
+                help="keep only the quantized code, a few bytes a digit (the model's picture)",
+            )  # fmt: skip
+            command.add_argument(
+                "--rate", type=int, choices=range(MAX_RATE + 1), metavar=f"0..{MAX_RATE}",
+                help=f"with --lossy: the rate level (default {LossyParams().rate}); each level "
+                "up halves the grid step of the code",
+            )  # fmt: skip
     return main
 
 
@@ -148,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "compress":
-            print(compress(args.inputs, args.output, args.model, args.force))
+            if args.rate is not None and not args.lossy:
+                parser().error("--rate needs --lossy (lossless coding has no rate to choose)")
+            rate = (LossyParams().rate if args.rate is None else args.rate) if args.lossy else None
+            print(compress(args.inputs, args.output, args.model, args.force, rate))
         else:
             print(decompress(args.stream, args.output, args.model, args.force))
     except USER_ERRORS as error:

@@ -34,14 +34,14 @@ offset  size     field
 ======  =======  =========================================================
 0       4        magic ``MVAE``
 4       1        format version (1)
-5       1        mode (0: lossless bits-back)
+5       1        mode (0: lossless bits-back; 1, 2: lossy, see :mod:`.lossy`)
 6       32       sha256 of the model's weights file
 38      4        number of images
 42      2, 2     image height, width
 46      2        values per pixel (256: 8-bit grey; 2: binary)
 48      2        images per network batch
-50      1        latent grid: ``LATENT_BITS``
-51      8        first 8 bytes of the sha256 of the original pixels
+50      1        latent grid: ``LATENT_BITS`` (lossy: the rate level)
+51      8        first 8 bytes of the sha256 of the original pixels (lossy: of the codes)
 59      4 x n    the ANS words (``uint32``) to the end of the file
 ======  =======  =========================================================
 """
@@ -67,6 +67,9 @@ from .model_folder import WEIGHTS_FILE
 MAGIC = b"MVAE"
 VERSION = 1
 LOSSLESS = 0
+LOSSY_MIXTURE = 1  # the quantized code under the fitted mixture's marginals (lossy.py)
+LOSSY_PRIOR = 2  # the quantized code under the prior N(0, I)
+MODES = {LOSSLESS: "lossless", LOSSY_MIXTURE: "lossy", LOSSY_PRIOR: "lossy (prior)"}
 LATENT_BITS = 8  # latent grid step 2^-8 prior standard deviations
 LATENT_RANGE = 8  # the grid covers +-8 prior standard deviations
 FREQUENCY_BITS = 22  # pixel probabilities become integers out of 2^22 (at least 1 each)
@@ -84,14 +87,19 @@ class Header:
     levels: int
     batch: int
     latent_bits: int
-    pixels_sha256: bytes
-    """the first 8 bytes of the sha256 of the original pixels (uint8, in order)"""
+    checksum: bytes
+    """the first 8 bytes of the sha256 of the original pixels (uint8, in order); of the
+    quantized codes (int32) for a lossy file"""
     mode: int = LOSSLESS
+
+    def check_model(self, model_sha256: bytes) -> None:
+        """A CodecError unless the file was written with the model of ``model_sha256``."""
+        check_model(self.model_sha256, model_sha256)
 
     def pack(self) -> bytes:
         return _HEADER.pack(
             MAGIC, VERSION, self.mode, self.model_sha256, self.count, self.height, self.width,
-            self.levels, self.batch, self.latent_bits, self.pixels_sha256,
+            self.levels, self.batch, self.latent_bits, self.checksum,
         )  # fmt: skip
 
     @classmethod
@@ -104,7 +112,7 @@ class Header:
         )
         if version != VERSION:
             raise CodecError(f"format version {version}; this mnist-vae reads version {VERSION}")
-        if mode != LOSSLESS:
+        if mode not in MODES:
             raise CodecError(f"unknown coding mode {mode} (damaged file?)")
         body = data[HEADER_BYTES:]
         if len(body) % 4 or not body:
@@ -113,6 +121,21 @@ class Header:
             raise CodecError("the header is damaged: a size is zero")
         words = np.frombuffer(body, dtype="<u4").astype(np.uint32)
         return cls(model, count, h, w, levels, batch, bits, pixels, mode), words
+
+
+def check_model(written_with: bytes, model_sha256: bytes) -> None:
+    """A CodecError unless ``written_with`` (a prefix of a weights sha256, as long as the
+    format keeps) is the start of ``model_sha256``."""
+    if not model_sha256.startswith(written_with):
+        raise CodecError(
+            f"the stream was compressed with another model (weights sha256 {written_with.hex()}"
+            f"...; this one is {model_sha256.hex()[:12]}...): decompress it with that model"
+        )
+
+
+def weights_sha256(folder: str | Path) -> bytes:
+    """The sha256 of a model folder's weights file: what a stream names its model by."""
+    return hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).digest()
 
 
 def pixels_digest(images: np.ndarray) -> bytes:
@@ -152,8 +175,7 @@ class BitsBackCodec:
     def from_folder(cls, folder: str | Path, batch: int = BATCH) -> BitsBackCodec:
         """The codec of a model folder: its likelihood, and its weights' sha256 for the header."""
         model = load_model(folder)
-        digest = hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).digest()
-        return cls(model, model.config.likelihood, digest, batch)
+        return cls(model, model.config.likelihood, weights_sha256(folder), batch)
 
     # The pieces both directions share --------------------------------------------------
     def _posterior(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,12 +281,9 @@ class BitsBackCodec:
     # Decompression ---------------------------------------------------------------------
     def decompress(self, data: bytes) -> np.ndarray:
         header, words = Header.unpack(data)
-        if header.model_sha256 != self.model_sha256:
-            raise CodecError(
-                "the file was compressed with another model (weights sha256 "
-                f"{header.model_sha256.hex()[:12]}...; this one is {self.model_sha256.hex()[:12]}"
-                "...): decompress it with that model"
-            )
+        if header.mode != LOSSLESS:
+            raise CodecError(f"a {MODES[header.mode]} file: decode it with mnist_vae.lossy")
+        header.check_model(self.model_sha256)
         _, h, w = self.model.image_shape
         if (header.height, header.width, header.levels) != (h, w, self.levels):
             raise CodecError(
@@ -288,7 +307,7 @@ class BitsBackCodec:
         except (ValueError, RuntimeError) as error:  # constriction's word on invalid data
             raise CodecError(f"the coder words are damaged ({error})") from None
         if not np.array_equal(coder.get_compressed(), self._startup_words()) or (
-            pixels_digest(images) != header.pixels_sha256
+            pixels_digest(images) != header.checksum
         ):
             raise CodecError(
                 "the decoded images fail the checksum: the file is damaged, or was written on "

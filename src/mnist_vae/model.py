@@ -155,9 +155,10 @@ class ConvVAE(nn.Module):
         """The likelihood's parameters per pixel (``bce``: Bernoulli logits ``[N, C, H, W]``)."""
         return self.decoder(z)
 
-    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
-        """The expected image under p(x|z), in [0, 1] (for ``bce``: the pixel probabilities)."""
-        return self.likelihood.mean(self.decode(z))
+    def mean_image(self, z: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """The expected image under p(x|z), in [0, 1] (for ``bce``: the pixel probabilities;
+        ``exact=False``: a closed form where the exact mean is a long sum, see likelihoods)."""
+        return self.likelihood.mean(self.decode(z), exact)
 
     @staticmethod
     def reparameterize(

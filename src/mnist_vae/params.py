@@ -32,6 +32,8 @@ LOSSES = ("bce", "mse", "beta_binomial", "logistic_mixture")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 BINARIZATIONS = ("none", "dynamic")
+MAX_RATE = 12
+"""the finest rate level of the lossy codec (``lossy.MAX_RATE`` uses this one)"""
 TRAINING_KEYS = ("latent_dim", "seed", "data", "model", "train")
 """The top-level keys the train stage reads: together with the data, they fix the weights."""
 
@@ -44,6 +46,11 @@ def at_least(low: int | float, default: Any) -> Any:
 def above(low: int | float, default: Any) -> Any:
     """A numeric field that must be > ``low`` (and finite, for floats)."""
     return field(default=default, metadata={"above": low})
+
+
+def between(low: int, high: int, default: int) -> Any:
+    """An integer field that must be from ``low`` to ``high``."""
+    return field(default=default, metadata={"min": low, "max": high})
 
 
 def one_of(options: Iterable[str], default: str) -> Any:
@@ -130,6 +137,13 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class LossyParams:
+    rate: int = between(0, MAX_RATE, 6)
+    """the rate level whose figures become the metrics (the grid step of the code is
+    2^(1 - rate/2) prior standard deviations); the curves cover every level"""
+
+
+@dataclass(frozen=True)
 class Params:
     latent_dim: int = at_least(1, 10)
     seed: int = at_least(0, 0)
@@ -140,6 +154,7 @@ class Params:
     compare: CompareParams = field(default_factory=CompareParams)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    lossy: LossyParams = field(default_factory=LossyParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,6 +199,8 @@ def _check_allowed(key: str, value: Any, rules: Any) -> None:
         kind = "an integer" if isinstance(value, int) else "a finite number"
         ok = math.isfinite(value) and (value >= bound if op == ">=" else value > bound)
         allowed = f"{kind} {op} {bound}"
+        if "max" in rules:
+            ok, allowed = ok and value <= rules["max"], f"{kind} from {bound} to {rules['max']}"
     if not ok:
         raise ParamsError(f"params.yaml: {key} = {value!r} is not allowed; expected {allowed}")
 

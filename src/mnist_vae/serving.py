@@ -15,7 +15,13 @@ decode        latent vectors, ``n x latent_dim``           images ``n x 28 x 28`
 encode        images ``n x 28 x 28`` in [0, 1]             ``{"mean": n x d, "logvar": n x d}``
 reconstruct   images ``n x 28 x 28`` in [0, 1]             images ``n x 28 x 28`` in [0, 1]
 sample        ignored (send ``[]``); params ``n``, ``seed``  images ``n x 28 x 28`` in [0, 1]
+compress      images ``n x 28 x 28`` in [0, 1]; ``rate``   ``n`` base64 strings: each image's
+              (lossy, :mod:`.lossy`; default 6)              lossy stream (a few bytes)
+decompress    ``n`` base64 strings from ``compress``        images ``n x 28 x 28`` in [0, 1]
 ============  ===========================================  ====================================
+
+``compress`` rounds the pixels to 8 bits first; a stream decodes with the same model only
+(``mnist-vae decompress`` takes one saved to a file, too).
 
 Images may also come flat (``n x 784``) or with a channel axis (``n x 1 x 28 x 28``).
 A request that breaks these rules raises an :class:`~mlflow.exceptions.MlflowException`
@@ -25,6 +31,8 @@ message, and goes on serving.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +40,16 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types import ParamSchema, ParamSpec
-from mlflow.types.schema import Schema, TensorSpec
 
+from .codec import weights_sha256
+from .errors import CodecError
+from .lossy import DEFAULT_RATE, LossyCodec
 from .model import ConvVAE, load_model
+from .pyfunc import MODEL_ARTIFACT_KEY
 
-MODES = ("decode", "encode", "reconstruct", "sample")
+MODES = ("decode", "encode", "reconstruct", "sample", "compress", "decompress")
 MAX_ROWS = 1024
 """The most latent vectors, images or samples one request may ask for."""
-MODEL_ARTIFACT_KEY = "model_files"  # the pyfunc's artifacts entry holding the model folder
-ARTIFACT_PATH = "model"  # the pyfunc model's name within its run
-MODEL_CODE = Path(__file__).with_name("serving_model.py")
-
-PARAMS = ParamSchema(
-    [
-        ParamSpec("mode", "string", "decode"),
-        ParamSpec("n", "long", 16),
-        ParamSpec("seed", "long", 0),
-    ]
-)
 
 
 def bad_request(message: str) -> MlflowException:
@@ -82,14 +80,40 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
     # and MLflow is told not to derive a schema from ``predict``'s (absent) type hints.
     _skip_type_hint_validation = True
     model: ConvVAE
+    codec: LossyCodec
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = load_model(context.artifacts[MODEL_ARTIFACT_KEY])
+        self.load_folder(context.artifacts[MODEL_ARTIFACT_KEY])
 
     def load_folder(self, folder: str | Path) -> VAEPyfunc:
         """Use the model folder directly (tests, and Python callers without MLflow)."""
         self.model = load_model(folder)
+        self.codec = LossyCodec(self.model, weights_sha256(folder))
         return self
+
+    def _compress(self, model_input: Any, rate: int) -> list[str]:
+        x = self._images(model_input, "compress").squeeze(1)
+        pixels = torch.round(x * 255).to(torch.uint8).numpy()
+        try:
+            streams = self.codec.compress_each(pixels, rate)
+        except CodecError as error:
+            raise bad_request(f"mode 'compress': {error}") from None
+        return [base64.b64encode(stream).decode("ascii") for stream in streams]
+
+    def _decompress(self, model_input: Any) -> np.ndarray:
+        strings = np.asarray(model_input, dtype=object).reshape(-1) if np.size(model_input) else []
+        _check_rows(len(strings), "stream")
+        streams = []
+        for i, text in enumerate(strings):
+            try:
+                streams.append(base64.b64decode(str(text), validate=True))
+            except (binascii.Error, ValueError):
+                raise bad_request(f"mode 'decompress': input {i} is not base64") from None
+        try:
+            images = self.codec.decompress_each(streams)
+        except CodecError as error:
+            raise bad_request(f"mode 'decompress': {error}") from None
+        return images.astype(np.float32) / 255
 
     @property
     def latent_dim(self) -> int:
@@ -132,7 +156,7 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
         context: mlflow.pyfunc.PythonModelContext | None,
         model_input: Any,
         params: dict[str, Any] | None = None,
-    ) -> np.ndarray | dict[str, np.ndarray]:
+    ) -> np.ndarray | dict[str, np.ndarray] | list[str]:
         params = params or {}
         mode = params.get("mode", "decode")
         with torch.no_grad():
@@ -150,35 +174,8 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
                     raise bad_request(f"seed must be >= 0; got {seed}")
                 generator = torch.Generator().manual_seed(seed)
                 return self._pictures(self.model.sample(n, generator))
+            if mode == "compress":
+                return self._compress(model_input, int(params.get("rate", DEFAULT_RATE)))
+            if mode == "decompress":
+                return self._decompress(model_input)
         raise bad_request(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-
-
-def signature() -> ModelSignature:
-    """The request params and, for the default ``decode`` mode, the answer's shape.
-
-    The inputs differ by mode (latent vectors or images), so the model checks them
-    itself, with messages that say what each mode expects."""
-    return ModelSignature(
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]), params=PARAMS
-    )
-
-
-def log_pyfunc_model(
-    model_dir: str | Path, latent_dim: int, registered_model_name: str | None = None
-) -> mlflow.models.model.ModelInfo:
-    """Log the model folder as a pyfunc model in the active run, optionally registering it."""
-    package = Path(__file__).parent
-    return mlflow.pyfunc.log_model(
-        name=ARTIFACT_PATH,
-        python_model=str(MODEL_CODE),
-        artifacts={MODEL_ARTIFACT_KEY: str(model_dir)},
-        code_paths=[str(package)],
-        signature=signature(),
-        input_example=(np.zeros((2, latent_dim), dtype=np.float32), {"mode": "decode"}),
-        pip_requirements=[
-            f"mlflow=={mlflow.__version__}",
-            f"torch=={torch.__version__.split('+')[0]}",
-            f"numpy=={np.__version__}",
-        ],
-        registered_model_name=registered_model_name,
-    )

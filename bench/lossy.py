@@ -1,0 +1,96 @@
+"""The lossy codec's targets on the default model (issue 14), printed:
+
+1. at the PSNR of the default rate, our bytes per image against the best baseline stored per
+   image (at most one tenth) and against every mosaic (less): from data/metrics/lossy.json,
+   which the rate_distortion stage wrote from the bytes it wrote;
+2. our curve above PCA's at every rate where both exist (the same file);
+3. compress and decompress speed on the 10,000 test images, both layouts (>= 2,000/s), and
+   the distortion level by level (a finer grid never worse on this set).
+
+    python bench/lossy.py [--model data/model] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_vae.data import load_test_images, to_symbols
+from mnist_vae.distortion import distortion
+from mnist_vae.lossy import LossyCodec
+from mnist_vae.params import MAX_RATE, load_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="data/model")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rate = load_params().lossy.rate
+    images = to_symbols(load_test_images(Path("data/mnist"))[0], 256).numpy()
+    codec = LossyCodec.from_folder(args.model)
+    n = len(images)
+    print(f"{n} test images, model {args.model}, {args.threads} threads, rate {rate}\n")
+
+    timings = {}
+    for name, encode, decode in (
+        ("whole set", lambda: codec.compress(images, rate), codec.decompress),
+        ("per image", lambda: codec.compress_each(images, rate), codec.decompress_each),
+    ):
+        best = [np.inf, np.inf]
+        for _ in range(3):
+            start = time.perf_counter()
+            data = encode()
+            middle = time.perf_counter()
+            decode(data)
+            best = [min(best[0], middle - start), min(best[1], time.perf_counter() - middle)]
+        timings[name] = (n / best[0], n / best[1])
+        print(f"speed, {name:9}: compress {n / best[0]:8,.0f} images/s, decompress "
+              f"{n / best[1]:8,.0f} images/s (best of 3)")  # fmt: skip
+
+    print("\nlevel  bytes/image  PSNR (dB)  SSIM")
+    psnrs = []
+    for level in range(MAX_RATE + 1):
+        data = codec.compress(images, level)
+        quality = distortion(images, codec.decompress(data))
+        psnrs.append(quality["psnr"])
+        print(f"{level:5}  {len(data) / n:11.2f}  {quality['psnr']:9.2f}  {quality['ssim']:.3f}")
+
+    metrics = json.loads(Path("data/metrics/lossy.json").read_text())
+    t = metrics["targets"]
+    print(f"\nat rate {rate}: {metrics['bytes_per_image']:.2f} bytes per image (whole set), "
+          f"{metrics['bytes_per_image_stream']:.2f} per one-image stream, PSNR "
+          f"{metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}")  # fmt: skip
+    print("baselines, bytes per image to match that PSNR:")
+    for name, value in metrics["baseline_bytes_to_match_psnr"].items():
+        print(f"  {name:40} {value}")
+    speed = min(min(pair) for pair in timings.values())
+    checks = [
+        (f"whole set vs best per-image baseline ({t['best_per_image_baseline']}, "
+         f"{t['its_bytes_for_our_psnr']} B)", t["ratio_whole_set"], "<= 0.1",
+         t["ratio_whole_set"] <= 0.1),
+        ("one-image streams vs the same", t["ratio_per_image_stream"], "<= 0.1",
+         t["ratio_per_image_stream"] <= 0.1),
+        ("whole set below every mosaic", t["below_every_mosaic"], "True", t["below_every_mosaic"]),
+        (f"above PCA at each of {t['shared_rates']} shared rates",
+         t["above_pca_at_every_shared_rate"], "True", t["above_pca_at_every_shared_rate"]),
+        ("slowest of compress/decompress (images/s)", round(speed), ">= 2000", speed >= 2000),
+        ("a finer level never lowers the PSNR", all(b >= a for a, b in itertools.pairwise(psnrs)),
+         "True", all(b >= a for a, b in itertools.pairwise(psnrs))),
+    ]  # fmt: skip
+    print()
+    for name, value, target, ok in checks:
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{name:72} {shown:>10}  target {target:8} {'ok' if ok else 'MISSED'}")
+    print(f"\n{sum(ok for *_, ok in checks)} of {len(checks)} targets met")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""How far decoded 8-bit images are from the originals: PSNR and SSIM (torchmetrics),
+averaged over the images, so that every lossy codec is judged by the same code."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+MAX_PSNR = 100.0
+"""the PSNR of an image decoded without error (infinite) counts as this many dB"""
+
+
+@torch.no_grad()
+def distortion(originals: np.ndarray, decoded: np.ndarray, batch: int = 2000) -> dict[str, float]:
+    """Mean PSNR (dB) and mean SSIM of ``decoded`` against ``originals`` (uint8 ``N x H x W``)."""
+    if originals.shape != decoded.shape:
+        raise ValueError(f"decoded images {decoded.shape} differ from originals {originals.shape}")
+    psnr, ssim = [], []
+    for start in range(0, len(originals), batch):
+        x, y = (
+            torch.from_numpy(np.asarray(a[start : start + batch], dtype=np.float32)).unsqueeze(1)
+            for a in (originals, decoded)
+        )
+        psnr.append(
+            peak_signal_noise_ratio(y, x, data_range=255.0, reduction="none", dim=(1, 2, 3))
+            .double()
+            .clamp(max=MAX_PSNR)
+        )
+        ssim.append(structural_similarity_index_measure(y, x, data_range=255.0, reduction="none"))
+    return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).double().mean())}

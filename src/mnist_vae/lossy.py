@@ -1,0 +1,360 @@
+"""Lossy compression with the trained VAE: the posterior mean, quantized and entropy-coded.
+
+An image becomes its code: the posterior mean of q(z|x), divided by a step and rounded to
+integers, one per latent dimension. The integers are entropy-coded with ANS
+(``constriction``), each dimension under its own categorical distribution over the grid;
+decoding multiplies back by the step and decodes the mean image p(x|z), rounded to 8 bits.
+
+Which distribution codes the integers (the entropy model, named in every stream):
+
+* ``mixture`` (the default when the model has one): the marginals of the Gaussian mixture
+  that :mod:`.sampler` fitted to the posterior means of the training images, integrated
+  over each grid cell. It is fitted to exactly what is quantized, and it is stored with
+  the weights, so any copy of the model decodes.
+* ``prior``: the prior N(0, I) integrated the same way. It is what the VAE was trained
+  with, but the posterior means spread less than the prior (their spread plus the
+  posterior's own variance makes it), and a dimension the model does not use still costs
+  bits under the prior; the README (Compression) gives the measured difference.
+
+The rate is a level ``0..MAX_RATE``: the grid step is ``2^(1 - rate/2)`` prior standard
+deviations (level 0: 2, level 12: 1/32), so each level up costs about half a bit more
+per dimension that the model uses. Codes are clamped to +-``LATENT_RANGE`` standard
+deviations (the posterior means of MNIST stay well inside).
+
+Two layouts, both measured by their bytes:
+
+* **the whole set** (``compress``/``decompress``): the file header of :mod:`.codec` (mode
+  1 or 2, the rate level in its ``latent_bits`` byte, a checksum of the codes) and one ANS
+  stream holding every code;
+* **one stream per image** (``compress_each``/``decompress_each``): ``STREAM_HEADER`` = 3
+  bytes (one holding the bits ``101``, the entropy model in bit 4 and the rate level in the
+  low four bits; then the first two bytes of the weights' sha256) and the image's code in
+  a prefix (Huffman) code per dimension, built by ``constriction`` from the same
+  probabilities, in as few whole bytes as it needs: ANS would end each image with about
+  2.8 bytes of coder state, a prefix code loses a fraction of a bit per dimension.
+  A stream decodes alone; it has no checksum (it would cost more than the code), so a
+  damaged one is caught only when the coder does not end empty, and a model whose sha256
+  shares the first two bytes is not told apart.
+
+The networks run on the CPU in float32 and decoding repeats encoding's arithmetic on the
+same integers, so a stream decodes to the same image wherever it is decoded with the same
+weights and torch version; the entropy model is computed from the weights in float64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import constriction
+import numpy as np
+import torch
+
+from .codec import (
+    BATCH,
+    LATENT_RANGE,
+    LOSSY_MIXTURE,
+    LOSSY_PRIOR,
+    MODES,
+    Header,
+    check_model,
+    weights_sha256,
+)
+from .errors import CodecError
+from .model import ConvVAE, load_model
+from .params import MAX_RATE, LossyParams
+
+DEFAULT_RATE = LossyParams().rate
+ENTROPY_MODELS = {"mixture": LOSSY_MIXTURE, "prior": LOSSY_PRIOR}
+_STREAM = struct.Struct("<B2s")
+STREAM_HEADER = _STREAM.size
+_STREAM_MAGIC, _MAGIC_BITS, _PRIOR_FLAG, _RATE_BITS = 0xA0, 0xE0, 0x10, 0x0F
+
+
+def step(rate: int) -> float:
+    """The grid step of a rate level, in prior standard deviations."""
+    check_rate(rate)
+    return 2.0 ** (1 - rate / 2)
+
+
+def check_rate(rate: int) -> None:
+    if not (isinstance(rate, int) and 0 <= rate <= MAX_RATE):
+        raise CodecError(f"the rate level must be an integer from 0 to {MAX_RATE}; got {rate!r}")
+
+
+def _ndtr(x: np.ndarray) -> np.ndarray:
+    return torch.special.ndtr(torch.from_numpy(x)).numpy()
+
+
+class FactorizedCoder:
+    """Integer vectors coded one dimension at a time, dimension ``i`` under its own
+    categorical over ``-radius..radius`` (``probabilities[i]``); shared by the VAE's code and
+    the PCA baseline, so both pay the same coder."""
+
+    def __init__(self, probabilities: np.ndarray, centroids: np.ndarray) -> None:
+        dims, size = probabilities.shape
+        self.radius = (size - 1) // 2
+        self.dims = dims
+        self.centroids = centroids
+        self.probabilities = probabilities
+        self._trees: tuple[list, list] | None = None
+        """``[dims, cells]``: the value each cell decodes to (the model's mean in the cell)"""
+        self.models = [
+            constriction.stream.model.Categorical(row, perfect=False) for row in probabilities
+        ]
+
+    @classmethod
+    def gaussian_mixture(
+        cls, weights: np.ndarray, means: np.ndarray, stds: np.ndarray, step: float, bound: float
+    ) -> FactorizedCoder:
+        """Each dimension's marginal of a Gaussian mixture (``weights [K]``, ``means`` and
+        ``stds [K, dims]``) integrated over the cells of a grid of ``step`` that covers
+        ``+-bound``; the end cells take the tails. A cell decodes to the marginal's mean
+        within it, not to its centre: at coarse steps the mass of a cell sits towards zero,
+        and the centroid is what minimizes the squared error there."""
+        radius = math.ceil(bound / step)
+        edges = (np.arange(-radius, radius + 2) - 0.5) * step
+        edges[0], edges[-1] = -np.inf, np.inf
+        t = (edges - means[..., None]) / stds[..., None]  # [K, dims, cells + 1]
+        mass = np.einsum("k,kdc->dc", weights, np.diff(_ndtr(t), axis=-1))
+        # the integral of z N(z; m, s) over a cell: m (its mass) - s (the density's change)
+        first = means[..., None] * np.diff(_ndtr(t), axis=-1) - stds[..., None] * np.diff(
+            np.exp(-0.5 * np.square(t)) / math.sqrt(2 * math.pi), axis=-1
+        )
+        centres = np.arange(-radius, radius + 1) * step
+        tiny = mass < 1e-12  # no mass the float can tell: decode to the cell's centre
+        centroids = np.where(
+            tiny, centres, np.einsum("k,kdc->dc", weights, first) / np.where(tiny, 1.0, mass)
+        )
+        return cls(np.maximum(mass, 0.0), centroids)
+
+    def values(self, codes: np.ndarray) -> np.ndarray:
+        """What integer codes ``[n, dims]`` decode to: each cell's centroid."""
+        return self.centroids[np.arange(self.dims), codes + self.radius]
+
+    def quantize(self, values: np.ndarray, step: float) -> np.ndarray:
+        """``values / step`` rounded to the grid, clamped to its ends, as int32."""
+        return np.clip(np.rint(values / step), -self.radius, self.radius).astype(np.int32)
+
+    def _check(self, codes: np.ndarray) -> np.ndarray:
+        if codes.ndim != 2 or codes.shape[1] != self.dims:
+            raise CodecError(f"expected codes of shape n x {self.dims}; got {codes.shape}")
+        return codes.astype(np.int32) + self.radius
+
+    def encode(self, codes: np.ndarray) -> np.ndarray:
+        """Every code in one ANS stack: the words (``uint32``)."""
+        symbols = self._check(codes)
+        coder = constriction.stream.stack.AnsCoder()
+        for i in reversed(range(self.dims)):  # pushed last to first: popped first to last
+            coder.encode_reverse(np.ascontiguousarray(symbols[:, i]), self.models[i])
+        return coder.get_compressed()
+
+    def decode(self, words: np.ndarray, count: int) -> np.ndarray:
+        coder = constriction.stream.stack.AnsCoder(words)
+        try:
+            columns = [coder.decode(model, count) for model in self.models]
+        except (ValueError, RuntimeError) as error:
+            raise CodecError(f"the coder words are damaged ({error})") from None
+        if not coder.is_empty():
+            raise CodecError("the coder words are damaged: bits are left after the last code")
+        return np.stack(columns, axis=1) - self.radius
+
+    def encode_each(self, codes: np.ndarray) -> list[bytes]:
+        """One stream per code: a prefix (Huffman) code per dimension, as few whole bytes as
+        its bits need. ANS would leave about 2.8 bytes of final state per image, a prefix
+        code loses a fraction of a bit per dimension instead (measured in the README)."""
+        trees = self._huffman()[0]
+        streams = []
+        for row in self._check(codes):
+            coder = constriction.symbol.QueueEncoder()
+            for symbol, tree in zip(row.tolist(), trees, strict=True):
+                coder.encode_symbol(symbol, tree)
+            words, bits = coder.get_compressed_and_bitrate()
+            streams.append(words.astype("<u4").tobytes()[: (bits + 7) // 8])
+        return streams
+
+    def decode_one(self, data: bytes) -> np.ndarray:
+        padded = data + bytes(-len(data) % 4)
+        coder = constriction.symbol.QueueDecoder(np.frombuffer(padded, "<u4").astype(np.uint32))
+        try:
+            row = np.array([coder.decode_symbol(tree) for tree in self._huffman()[1]], np.int32)
+        except (ValueError, RuntimeError) as error:
+            raise CodecError(f"the stream is damaged ({error})") from None
+        if self.encode_each((row - self.radius)[None])[0] != data:  # bytes beyond the code
+            raise CodecError("the stream is damaged: it does not end where its code ends")
+        return row - self.radius
+
+    def _huffman(self) -> tuple[list, list]:
+        """The prefix codes of the dimensions (built on first use: the whole-set layout needs
+        none), for encoding and decoding."""
+        if self._trees is None:
+            floor = np.maximum(self.probabilities, 1e-300)  # every cell gets a code
+            self._trees = (
+                [constriction.symbol.huffman.EncoderHuffmanTree(row) for row in floor],
+                [constriction.symbol.huffman.DecoderHuffmanTree(row) for row in floor],
+            )
+        return self._trees
+
+
+def codes_digest(codes: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(codes, dtype="<i4").tobytes()).digest()[:8]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a stream was coded with: the rate level and the entropy model."""
+
+    rate: int
+    entropy: str
+
+    @property
+    def mode(self) -> int:
+        return ENTROPY_MODELS[self.entropy]
+
+
+class LossyCodec:
+    """Lossy coding of ``uint8`` images ``[N, H, W]`` (values 0..255) through the VAE's code."""
+
+    def __init__(self, model: ConvVAE, model_sha256: bytes) -> None:
+        self.model = model.eval()
+        self.model_sha256 = model_sha256
+        self._coders: dict[Setting, FactorizedCoder] = {}
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> LossyCodec:
+        return cls(load_model(folder), weights_sha256(folder))
+
+    @property
+    def has_mixture(self) -> bool:
+        return bool(self.model.config.sampler_components)
+
+    def setting(self, rate: int = DEFAULT_RATE, entropy: str | None = None) -> Setting:
+        """``entropy`` None: the mixture when the model has one, else the prior."""
+        check_rate(rate)
+        entropy = entropy or ("mixture" if self.has_mixture else "prior")
+        if entropy not in ENTROPY_MODELS:
+            raise CodecError(f"unknown entropy model {entropy!r}; known: mixture, prior")
+        if entropy == "mixture" and not self.has_mixture:
+            raise CodecError("this model has no fitted mixture (model.sampler_components = 0)")
+        return Setting(rate, entropy)
+
+    def coder(self, setting: Setting) -> FactorizedCoder:
+        if setting not in self._coders:
+            if setting.entropy == "mixture":
+                weights = self.model.sampler_weights.double().numpy()
+                means = self.model.sampler_means.double().numpy()
+                tril = self.model.sampler_scale_tril.double()
+                stds = torch.linalg.vector_norm(
+                    tril, dim=-1
+                ).numpy()  # sqrt of the diagonal of L L^T
+            else:
+                d = self.model.config.latent_dim
+                weights, means, stds = np.ones(1), np.zeros((1, d)), np.ones((1, d))
+            self._coders[setting] = FactorizedCoder.gaussian_mixture(
+                weights, means, stds, step(setting.rate), LATENT_RANGE
+            )
+        return self._coders[setting]
+
+    # Images <-> integer codes ----------------------------------------------------------
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        _, h, w = self.model.image_shape
+        if images.ndim != 3 or len(images) == 0 or images.shape[1:] != (h, w):
+            raise CodecError(f"expected images as an array N x {h} x {w}; got {images.shape}")
+        if images.dtype != np.uint8:
+            raise CodecError(f"expected 8-bit images (uint8); got {images.dtype}")
+        return images
+
+    @torch.no_grad()
+    def codes(self, images: np.ndarray, setting: Setting) -> np.ndarray:
+        """The quantized posterior means ``[N, latent_dim]`` (int32) of 8-bit images."""
+        images = self._check_images(images)
+        means = []
+        for start in range(0, len(images), BATCH * 10):
+            x = torch.from_numpy(images[start : start + BATCH * 10].astype(np.float32) / 255)
+            means.append(self.model.encode(x.unsqueeze(1))[0])
+        return self.coder(setting).quantize(torch.cat(means).double().numpy(), step(setting.rate))
+
+    @torch.no_grad()
+    def images(self, codes: np.ndarray, setting: Setting) -> np.ndarray:
+        """The 8-bit mean images ``[N, H, W]`` that ``codes`` decode to."""
+        z = torch.from_numpy(self.coder(setting).values(codes).astype(np.float32))
+        pictures = [
+            self.model.mean_image(part, exact=False).squeeze(1)
+            for part in torch.split(z, BATCH * 10)
+        ]
+        return torch.round(torch.cat(pictures) * 255).clamp_(0, 255).to(torch.uint8).numpy()
+
+    # The whole set -----------------------------------------------------------------------
+    def compress(
+        self, images: np.ndarray, rate: int = DEFAULT_RATE, entropy: str | None = None
+    ) -> bytes:
+        setting = self.setting(rate, entropy)
+        codes = self.codes(images, setting)
+        _, h, w = self.model.image_shape
+        header = Header(
+            self.model_sha256, len(codes), h, w, 256, BATCH, rate, codes_digest(codes),
+            setting.mode,
+        )  # fmt: skip
+        return header.pack() + self.coder(setting).encode(codes).astype("<u4").tobytes()
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        header, words = Header.unpack(data)
+        if header.mode not in ENTROPY_MODELS.values():
+            raise CodecError(f"a {MODES[header.mode]} file: decompress it without --lossy")
+        header.check_model(self.model_sha256)
+        _, h, w = self.model.image_shape
+        if (header.height, header.width) != (h, w):
+            raise CodecError(
+                f"the file holds {header.height} x {header.width} images; this model codes "
+                f"{h} x {w}"
+            )
+        entropy = next(name for name, mode in ENTROPY_MODELS.items() if mode == header.mode)
+        setting = self.setting(header.latent_bits, entropy)
+        codes = self.coder(setting).decode(words, header.count)
+        if codes_digest(codes) != header.checksum:
+            raise CodecError("the decoded codes fail the checksum: the file is damaged")
+        return self.images(codes, setting)
+
+    # One stream per image ----------------------------------------------------------------
+    def compress_each(
+        self, images: np.ndarray, rate: int = DEFAULT_RATE, entropy: str | None = None
+    ) -> list[bytes]:
+        setting = self.setting(rate, entropy)
+        flags = _STREAM_MAGIC | setting.rate | (_PRIOR_FLAG if setting.entropy == "prior" else 0)
+        head = _STREAM.pack(flags, self.model_sha256[:2])
+        return [
+            head + body for body in self.coder(setting).encode_each(self.codes(images, setting))
+        ]
+
+    def decompress_each(self, streams: list[bytes]) -> np.ndarray:
+        codes, settings = [], []
+        for number, data in enumerate(streams):
+            try:
+                setting, code = self._read_stream(data)
+            except CodecError as error:
+                raise CodecError(f"stream {number}: {error}") from None
+            codes.append(code)
+            settings.append(setting)
+        images = np.empty((len(streams), *self.model.image_shape[1:]), dtype=np.uint8)
+        for setting in set(settings):  # streams may differ in rate: decode each group at once
+            index = [i for i, s in enumerate(settings) if s == setting]
+            images[index] = self.images(np.stack([codes[i] for i in index]), setting)
+        return images
+
+    def _read_stream(self, data: bytes) -> tuple[Setting, np.ndarray]:
+        if not is_image_stream(data):
+            raise CodecError("not an mnist-vae image stream (a lossy stream of one image)")
+        flags, model = _STREAM.unpack(data[:STREAM_HEADER])
+        check_model(model, self.model_sha256)
+        entropy = "prior" if flags & _PRIOR_FLAG else "mixture"
+        setting = self.setting(flags & _RATE_BITS, entropy)
+        return setting, self.coder(setting).decode_one(data[STREAM_HEADER:])
+
+
+def is_image_stream(data: bytes) -> bool:
+    """Whether ``data`` starts like a one-image stream (a whole-set file starts with ``M``)."""
+    return len(data) >= STREAM_HEADER and data[0] & _MAGIC_BITS == _STREAM_MAGIC

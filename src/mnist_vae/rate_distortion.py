@@ -1,0 +1,274 @@
+"""Rate against distortion: the VAE's lossy code at every rate level, PCA, and the standard
+codecs over their quality sweeps (:func:`.baselines.measure_lossy`), on the same images.
+
+Every rate is the length of bytes actually produced (ours: the whole-set file with its
+header, and the sum of the per-image streams); every distortion is measured on the
+images decoded from those bytes (:mod:`.distortion`).
+
+PCA is the linear code a VAE should beat: principal components of the training images,
+each image's coefficients quantized on a grid of one step for all components (for a
+squared error in pixel space, an orthonormal code is best served by a uniform step) and
+entropy-coded by the same coder as ours (:class:`.lossy.FactorizedCoder`), component
+``j`` under N(0, its variance on the training set). Its curve is the upper envelope over
+several numbers of components and steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+from .baselines import lossy_round_trip
+from .distortion import distortion
+from .lossy import MAX_RATE, FactorizedCoder, LossyCodec
+
+PCA_COMPONENTS = (5, 10, 20, 40, 80)
+PCA_STEPS = tuple(2.0 ** (2 - j / 2) for j in range(15))
+"""steps in units of pixel values in [0, 1] (a component of the training set spreads by 2.3
+at most, by 0.25 at the 80th)"""
+COLUMNS = ["codec", "layout", "setting", "bytes", "bits_per_image", "psnr", "ssim"]
+OURS = "mnist-vae"
+
+
+def _row(codec: str, layout: str, setting: str, size: int, n: int, quality: dict) -> dict:
+    return {"codec": codec, "layout": layout, "setting": setting, "bytes": size,
+            "bits_per_image": 8 * size / n, **quality}  # fmt: skip
+
+
+def ours(codec: LossyCodec, images: np.ndarray, entropy: str | None = None) -> pd.DataFrame:
+    """Every rate level: the whole-set file and the per-image streams, both decoded again."""
+    rows = []
+    for rate in range(MAX_RATE + 1):
+        setting = f"rate {rate}"
+        whole = codec.compress(images, rate, entropy)
+        quality = distortion(images, codec.decompress(whole))
+        rows.append(_row(OURS, "whole set", setting, len(whole), len(images), quality))
+        streams = codec.compress_each(images, rate, entropy)
+        decoded = codec.decompress_each(streams)
+        rows.append(
+            _row(OURS, "per image", setting, sum(map(len, streams)), len(images),
+                 distortion(images, decoded))
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+@dataclass(frozen=True)
+class PCA:
+    """Principal components of images in [0, 1], flattened: ``mean [P]``, ``components
+    [K, P]`` (rows, by decreasing variance), ``stds [K]`` (the coefficients' spreads)."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    stds: np.ndarray
+
+    @classmethod
+    def fit(cls, images: np.ndarray, components: int) -> PCA:
+        x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float64) / 255)
+        mean = x.mean(0)
+        covariance = torch.cov((x - mean).T)
+        variances, vectors = torch.linalg.eigh(covariance)  # ascending
+        top = torch.argsort(variances, descending=True)[:components]
+        return cls(
+            mean.numpy(), vectors[:, top].T.numpy(), variances[top].clamp(min=0).sqrt().numpy()
+        )
+
+    def coder(self, k: int, step: float) -> FactorizedCoder:
+        d = self.stds[:k]
+        return FactorizedCoder.gaussian_mixture(
+            np.ones(1), np.zeros((1, k)), d[None], step, 8 * float(d.max())
+        )
+
+    def round_trip(self, images: np.ndarray, k: int, step: float) -> tuple[int, np.ndarray]:
+        """The bytes of one stream of every image's quantized coefficients, and the images
+        decoded from them (8-bit)."""
+        x = images.reshape(len(images), -1).astype(np.float64) / 255
+        coder = self.coder(k, step)
+        codes = coder.quantize((x - self.mean) @ self.components[:k].T, step)
+        words = coder.encode(codes)
+        decoded_codes = coder.decode(words, len(images))
+        pixels = self.mean + coder.values(decoded_codes) @ self.components[:k]
+        decoded = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)
+        return 4 * len(words), decoded.reshape(images.shape)
+
+
+def pca_curve(train: np.ndarray, images: np.ndarray) -> pd.DataFrame:
+    """PCA's points over components and steps, reduced to its upper envelope."""
+    pca = PCA.fit(train, max(PCA_COMPONENTS))
+    rows = []
+    for k in PCA_COMPONENTS:
+        for step in PCA_STEPS:
+            size, decoded = pca.round_trip(images, k, step)
+            setting = f"{k} components, step {step:.4g}"
+            rows.append(
+                _row("PCA", "whole set", setting, size, len(images), distortion(images, decoded))
+            )
+    return envelope(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def envelope(points: pd.DataFrame) -> pd.DataFrame:
+    """The points that no cheaper point matches: each has a higher PSNR than every point
+    with fewer bits (ties in bits: the better one)."""
+    points = points.sort_values(["bits_per_image", "psnr"], ascending=[True, False])
+    better_before = points["psnr"].cummax().shift(fill_value=-np.inf)
+    return points[points["psnr"] > better_before].reset_index(drop=True)
+
+
+def goes_as_low(curve: pd.DataFrame, psnr: float) -> bool:
+    """Whether a sweep has a file at or below ``psnr`` (else even its smallest is better)."""
+    return bool(curve["psnr"].min() <= psnr)
+
+
+def bytes_for(curve: pd.DataFrame, psnr: float) -> float | None:
+    """The bytes per image a sweep needs for at least ``psnr``: interpolated linearly between
+    the neighbouring points of its envelope; its smallest file's when that one is already
+    above ``psnr``; None when no setting reaches it."""
+    points = envelope(curve)
+    bits, quality = points["bits_per_image"].to_numpy(), points["psnr"].to_numpy()
+    if quality[-1] < psnr:
+        return None
+    return float(np.interp(psnr, quality, bits)) / 8  # below its range: its smallest file
+
+
+def pca_comparison(our_curve: pd.DataFrame, pca: pd.DataFrame) -> pd.DataFrame:
+    """At each of our rates inside PCA's range of rates: our PSNR and PCA's there."""
+    pca = envelope(pca)
+    low, high = pca["bits_per_image"].min(), pca["bits_per_image"].max()
+    inside = our_curve[our_curve["bits_per_image"].between(low, high)]
+    return pd.DataFrame({
+        "bits_per_image": inside["bits_per_image"],
+        "psnr": inside["psnr"],
+        "pca_psnr": np.interp(inside["bits_per_image"], pca["bits_per_image"], pca["psnr"]),
+    }).reset_index(drop=True)  # fmt: skip
+
+
+def closest_baseline(baselines: pd.DataFrame, bytes_per_image: float) -> pd.Series:
+    """The baseline point to show beside ours: the best PSNR among those that use at most
+    ``bytes_per_image``; when none gets that small, the one that uses the fewest bytes."""
+    per_image = baselines["bits_per_image"] / 8
+    within = baselines[per_image <= bytes_per_image]
+    if len(within):
+        return within.loc[within["psnr"].idxmax()]
+    return baselines.loc[per_image.idxmin()]
+
+
+def save_curves(curves: pd.DataFrame, path: str | Path) -> Path:
+    """PSNR and SSIM against bits per image (log scale), one line per codec and layout."""
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    axes = figure.subplots(1, 2)
+    for (codec, layout), points in curves.groupby(["codec", "layout"], sort=False):
+        points = points.sort_values("bits_per_image")
+        style = "-o" if codec == OURS else ("--s" if codec == "PCA" else ":.")
+        for ax, measure in zip(axes, ("psnr", "ssim"), strict=True):
+            ax.plot(
+                points["bits_per_image"], points[measure], style, ms=3, label=f"{codec}, {layout}"
+            )
+    for ax, label in zip(axes, ("PSNR (dB)", "SSIM"), strict=True):
+        ax.set(xscale="log", xlabel="bits per image (bytes written x 8 / images)", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.suptitle("Rate against distortion on the test images")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def save_equal_bytes(rows: list[tuple[str, np.ndarray]], path: str | Path) -> Path:
+    """Rows of 8-bit digits, each with its label on the left (originals, ours, a baseline)."""
+    figure = Figure(figsize=(12, 0.9 * len(rows) + 0.3), layout="constrained")
+    axes = figure.subplots(len(rows), 1)
+    for ax, (label, images) in zip(np.atleast_1d(axes), rows, strict=True):
+        ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def summary(
+    ours_curve: pd.DataFrame, prior_curve: pd.DataFrame, pca: pd.DataFrame,
+    baselines: pd.DataFrame, rate: int,
+) -> dict[str, object]:  # fmt: skip
+    """The metrics of the default rate: our bytes, PSNR and SSIM; what the prior would cost;
+    for each baseline sweep the bytes per image it needs to match our PSNR ("cannot" when
+    even its smallest file is better, and then that file's bytes beside it); the targets."""
+    at = ours_curve[ours_curve["setting"] == f"rate {rate}"].set_index("layout")
+    whole, each = at.loc["whole set"], at.loc["per image"]
+    prior = prior_curve[(prior_curve["setting"] == f"rate {rate}")].set_index("layout")
+    psnr = float(whole["psnr"])
+    metrics: dict[str, object] = {
+        "rate": rate,
+        "bytes_per_image": float(whole["bits_per_image"]) / 8,
+        "bytes_per_image_stream": float(each["bits_per_image"]) / 8,
+        "stream_overhead_bytes": float(each["bits_per_image"] - whole["bits_per_image"]) / 8,
+        "psnr": psnr,
+        "ssim": float(whole["ssim"]),
+        "prior_bytes_per_image": float(prior.loc["whole set", "bits_per_image"]) / 8,
+    }
+    matched, needed = {}, {}
+    for (codec, layout), sweep in baselines.groupby(["codec", "layout"], sort=False):
+        name = f"{codec}, {layout}"
+        needed[name] = bytes_for(sweep, psnr)
+        fits = goes_as_low(sweep, psnr) and needed[name] is not None
+        matched[name] = round(needed[name], 1) if fits else "cannot"
+        if not goes_as_low(sweep, psnr):
+            matched[f"{name} (its smallest file)"] = round(
+                float(sweep["bits_per_image"].min()) / 8, 1
+            )
+    metrics["baseline_bytes_to_match_psnr"] = matched
+    reachable = {k: v for k, v in needed.items() if v is not None}
+    best_per_image = min((v, k) for k, v in reachable.items() if k.endswith("per image"))
+    mosaics = {k: v for k, v in reachable.items() if k.endswith("mosaic")}
+    comparison = pca_comparison(ours_curve[ours_curve["layout"] == "whole set"], pca)
+    metrics["targets"] = {
+        "best_per_image_baseline": best_per_image[1],
+        "its_bytes_for_our_psnr": round(best_per_image[0], 1),
+        "ratio_whole_set": metrics["bytes_per_image"] / best_per_image[0],
+        "ratio_per_image_stream": metrics["bytes_per_image_stream"] / best_per_image[0],
+        "below_every_mosaic": all(metrics["bytes_per_image"] < v for v in mosaics.values()),
+        "above_pca_at_every_shared_rate": bool((comparison["psnr"] > comparison["pca_psnr"]).all()),
+        "shared_rates": len(comparison),
+    }
+    return metrics
+
+
+def write_curves(curves: pd.DataFrame, folder: str | Path) -> list[Path]:
+    """One CSV per codec and layout (``jpeg_xl_mosaic.csv``, ``mnist-vae_whole_set.csv``...):
+    the files dvc plots draw."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (codec, layout), points in curves.groupby(["codec", "layout"], sort=False):
+        name = "".join(c for c in f"{codec} {layout}".lower() if c.isalnum() or c in " -")
+        paths.append(folder / f"{'_'.join(name.split())}.csv")
+        points.to_csv(paths[-1], index=False)
+    return paths
+
+
+def picture_at_equal_bytes(
+    codec: LossyCodec, images: np.ndarray, rate: int, baselines: pd.DataFrame, path: str | Path,
+    shown: int = 16,
+) -> Path:  # fmt: skip
+    """The first ``shown`` images: originals, over ours at ``rate`` (decoded from the
+    whole-set file), over the baseline :func:`closest_baseline` picks for our bytes."""
+    data = codec.compress(images, rate)
+    ours_bytes = len(data) / len(images)
+    other = closest_baseline(baselines, ours_bytes)
+    quality = int(str(other["setting"]).split()[-1])
+    _, theirs = lossy_round_trip(images, other["codec"], quality, other["layout"])
+    return save_equal_bytes(
+        [
+            ("original", images[:shown]),
+            (f"mnist-vae, rate {rate}\n{ours_bytes:.1f} B/image", codec.decompress(data)[:shown]),
+            (f"{other['codec']}, {other['layout']}\n{other['setting']}\n"
+             f"{other['bits_per_image'] / 8:.1f} B/image", theirs[:shown]),
+        ],
+        path,
+    )  # fmt: skip

@@ -1,0 +1,70 @@
+"""Stage rate_distortion: the lossy codec at every rate level against PCA and the standard
+lossy codecs, on the test images (README: Compression).
+
+Reads: seed, data.train_limit (PCA is fitted on the training images the model saw),
+data.test_limit, data.binarize, lossy.rate
+Writes: data/rate_distortion/ (curves.png: PSNR and SSIM against bits per image;
+equal_bytes.png: originals over ours over the baseline closest in bytes; test-lossy.mvae:
+the test set at lossy.rate), data/metrics/rate_distortion/*.csv (dvc plots: a file per
+curve) and data/metrics/lossy.json (dvc metrics). Every rate is bytes actually written,
+every distortion that of the images decoded from them.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from mnist_vae import rate_distortion as rd
+from mnist_vae import tracking
+from mnist_vae.data import load_images, load_test_images, to_symbols
+from mnist_vae.lossy import LossyCodec
+from mnist_vae.model_folder import WEIGHTS_FILE
+from mnist_vae.params import load_params
+from mnist_vae.stage import run, write_metrics
+
+DATA = Path("data/mnist")
+MODEL_DIR = Path("data/model")
+BASELINES = Path("data/metrics/lossy_baselines.csv")
+OUT = Path("data/rate_distortion")
+CURVES = Path("data/metrics/rate_distortion")
+METRICS = Path("data/metrics/lossy.json")
+
+
+def main() -> None:
+    params = load_params()
+    tracking.configure()  # a server that refuses us stops the stage before any output
+    p = params.data
+    images = to_symbols(load_test_images(DATA, p.test_limit, p.binarize)[0], 256).numpy()
+    train = to_symbols(load_images(DATA, "train", p.train_limit, params.seed)[0], 256).numpy()
+    codec = LossyCodec.from_folder(MODEL_DIR)
+    print(f"rate_distortion: {len(images)} test images, rate levels 0..12, PCA, baselines",
+          flush=True)  # fmt: skip
+    ours = rd.ours(codec, images)
+    prior = rd.ours(codec, images, "prior")
+    pca = rd.pca_curve(train, images)
+    baselines = pd.read_csv(BASELINES)
+    metrics = rd.summary(ours, prior, pca, baselines, params.lossy.rate)
+    print(json.dumps(metrics, indent=2), flush=True)
+
+    shutil.rmtree(OUT, ignore_errors=True)
+    shutil.rmtree(CURVES, ignore_errors=True)
+    curves = pd.concat([ours, pca, baselines], ignore_index=True)
+    rd.write_curves(pd.concat([curves, prior.assign(layout="whole set (prior)")]), CURVES)
+    rd.save_curves(curves, OUT / "curves.png")
+    rd.picture_at_equal_bytes(codec, images, params.lossy.rate, baselines, OUT / "equal_bytes.png")
+    (OUT / "test-lossy.mvae").write_bytes(codec.compress(images, params.lossy.rate))
+    write_metrics(METRICS, metrics)
+
+    with tracking.model_run(MODEL_DIR / WEIGHTS_FILE):
+        flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        mlflow.log_metrics({f"lossy.{k}": float(v) for k, v in flat.items()})
+        mlflow.log_artifacts(str(OUT), "rate_distortion")
+        mlflow.log_artifacts(str(CURVES), "metrics/rate_distortion")
+        mlflow.log_artifact(str(METRICS), "metrics")
+
+
+if __name__ == "__main__":
+    run(main, "rate_distortion")

@@ -1,0 +1,165 @@
+"""The lossy codec: round trips, rates that are the bytes written, a finer grid that never
+costs quality, one clear error for every stream it cannot decode; and the RD helpers."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+
+from mnist_vae import rate_distortion as rd
+from mnist_vae.codec import HEADER_BYTES
+from mnist_vae.data import to_float
+from mnist_vae.errors import CodecError
+from mnist_vae.lossy import STREAM_HEADER, LossyCodec, is_image_stream, step
+from mnist_vae.model import VAEConfig, save_model
+from mnist_vae.params import MAX_RATE, Params, TrainParams
+from mnist_vae.sampler import fit_sampler
+from mnist_vae.serving import VAEPyfunc
+from mnist_vae.training import fit, seeded_model
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_mirror) -> np.ndarray:
+    raw = gzip.decompress((mnist_mirror / "t10k-images-idx3-ubyte.gz").read_bytes())
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:600].copy()
+
+
+def _trained(folder, digits, seed: int = 0):
+    """A small model trained for a moment on 500 digits, with its sampling mixture."""
+    train = TrainParams(epochs=2, batch_size=50, loss="beta_binomial", device="cpu")
+    params = Params(latent_dim=4, seed=seed, train=train)
+    model = seeded_model(
+        VAEConfig(latent_dim=4, likelihood="beta_binomial", sampler_components=3), seed
+    )
+    images = to_float(torch.from_numpy(digits[:500]))
+    fit(model, images, images[:100], params, progress=False)
+    fit_sampler(model, images, seed)
+    save_model(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, digits):
+    return _trained(tmp_path_factory.mktemp("lossy-model"), digits)
+
+
+@pytest.fixture(scope="module")
+def codec(folder) -> LossyCodec:
+    return LossyCodec.from_folder(folder)
+
+
+@pytest.fixture(scope="module")
+def test_digits(digits) -> np.ndarray:
+    return digits[500:]
+
+
+def test_both_layouts_give_the_same_8_bit_images(codec, test_digits):
+    whole = codec.decompress(codec.compress(test_digits, 6))
+    each = codec.decompress_each(codec.compress_each(test_digits, 6))
+    assert whole.shape == test_digits.shape and whole.dtype == np.uint8
+    assert np.array_equal(whole, each)
+    setting = codec.setting(6)
+    assert np.array_equal(whole, codec.images(codec.codes(test_digits, setting), setting))
+
+
+def test_a_finer_grid_never_moves_a_code_further_than_its_step(codec, test_digits):
+    """Each code decodes to within one step of the posterior mean, so the error of the code
+    shrinks with the step (the images' distortion, on the trained default model, is printed
+    level by level by bench/lossy.py)."""
+    x = torch.from_numpy(test_digits.astype(np.float32) / 255).unsqueeze(1)
+    with torch.no_grad():
+        means = codec.model.encode(x)[0].double().numpy()
+    worst = []
+    for rate in range(MAX_RATE + 1):
+        setting = codec.setting(rate)
+        values = codec.coder(setting).values(codec.codes(test_digits, setting))
+        worst.append(float(np.abs(values - means).max()))
+        assert worst[-1] <= step(rate) + 1e-6
+    assert worst[-1] < worst[0] / 10
+
+
+def test_the_rate_is_the_bytes_written(codec, test_digits):
+    curve = rd.ours(codec, test_digits)
+    whole = curve[(curve.layout == "whole set") & (curve.setting == "rate 6")].iloc[0]
+    assert whole["bytes"] == len(codec.compress(test_digits, 6))
+    each = curve[(curve.layout == "per image") & (curve.setting == "rate 6")].iloc[0]
+    assert each["bytes"] == sum(map(len, codec.compress_each(test_digits, 6)))
+    assert whole["bits_per_image"] == 8 * whole["bytes"] / len(test_digits)
+
+
+def test_the_mixture_costs_fewer_bytes_than_the_prior(codec, test_digits):
+    mixture = len(codec.compress(test_digits, 6, "mixture"))
+    prior = len(codec.compress(test_digits, 6, "prior"))
+    assert mixture < prior
+
+
+def test_another_model_is_one_clear_error(codec, test_digits, tmp_path, digits):
+    other = LossyCodec.from_folder(_trained(tmp_path, digits, seed=1))
+    with pytest.raises(CodecError, match="compressed with another model"):
+        other.decompress(codec.compress(test_digits[:5]))
+    with pytest.raises(CodecError, match="stream 0: the stream was compressed with another model"):
+        other.decompress_each(codec.compress_each(test_digits[:1]))
+
+
+def test_damaged_streams_are_one_clear_error(codec, test_digits):
+    data = codec.compress(test_digits[:50])
+    flipped = bytearray(data)
+    flipped[HEADER_BYTES + 5] ^= 0x40
+    for damaged in (data[: HEADER_BYTES + 4], bytes(flipped), b"JPEG" + data):
+        with pytest.raises(CodecError):
+            codec.decompress(damaged)
+    stream = codec.compress_each(test_digits[:1])[0]
+    assert is_image_stream(stream) and not is_image_stream(data)
+    for damaged in (stream[:2], b"\x00" + stream[1:], stream + b"\x07\x00\x00\x01"):
+        with pytest.raises(CodecError):
+            codec.decompress_each([damaged])
+
+
+def test_bad_images_and_rates_are_refused(codec, test_digits):
+    with pytest.raises(CodecError, match="N x 28 x 28"):
+        codec.compress(test_digits[:, :27])
+    with pytest.raises(CodecError, match="uint8"):
+        codec.compress(test_digits.astype(np.float32))
+    with pytest.raises(CodecError, match="from 0 to 12"):
+        codec.compress(test_digits, 13)
+
+
+def test_the_served_modes_answer_and_refuse(folder, test_digits):
+    served = VAEPyfunc().load_folder(folder)
+    x = test_digits[:4].astype(np.float32) / 255
+    streams = served.predict(None, x, {"mode": "compress", "rate": 8})
+    assert len(streams) == 4 and all(isinstance(s, str) for s in streams)
+    images = served.predict(None, np.array(streams), {"mode": "decompress"})
+    assert images.shape == (4, 28, 28) and images.min() >= 0 and images.max() <= 1
+
+    for inputs, params, message in (
+        (np.array(["%%%"]), {"mode": "decompress"}, "not base64"),
+        (np.array(["AAAA"]), {"mode": "decompress"}, "not an mnist-vae image stream"),
+        (x, {"mode": "compress", "rate": 99}, "from 0 to 12"),
+        (x * 2, {"mode": "compress"}, "values in"),
+    ):
+        with pytest.raises(MlflowException, match=message):
+            served.predict(None, inputs, params)
+
+
+def test_the_envelope_and_the_bytes_to_match():
+    sweep = pd.DataFrame({"bits_per_image": [80.0, 160.0, 240.0, 200.0],
+                          "psnr": [20.0, 24.0, 30.0, 22.0]})  # fmt: skip
+    assert list(rd.envelope(sweep)["bits_per_image"]) == [80.0, 160.0, 240.0]
+    assert rd.bytes_for(sweep, 22.0) == pytest.approx(15.0)  # halfway from 10 to 20 bytes
+    assert rd.bytes_for(sweep, 18.0) == pytest.approx(10.0) and not rd.goes_as_low(sweep, 18.0)
+    assert rd.bytes_for(sweep, 31.0) is None
+
+
+def test_pca_round_trips_through_the_same_coder(digits):
+    pca = rd.PCA.fit(digits[:500], 10)
+    size, decoded = pca.round_trip(digits[500:], 10, 0.5)
+    coarse, _ = pca.round_trip(digits[500:], 10, 2.0)
+    assert decoded.shape == digits[500:].shape and decoded.dtype == np.uint8
+    assert coarse < size
+    assert STREAM_HEADER == 3
