@@ -11,11 +11,11 @@ on the data only, so retraining never re-runs it.
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from mnist_vae import baselines
 from mnist_vae.data import load_test_images, to_symbols
 from mnist_vae.params import load_params
+from mnist_vae.progress import bar_over
 from mnist_vae.stage import run
 
 DATA = Path("data/mnist")
@@ -34,7 +34,8 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)  # sizes only: times are no reproducible output
     table.drop(columns="seconds").to_csv(OUT, index=False)
     print(f"baselines: lossy codecs at qualities {baselines.QUALITIES}", flush=True)
-    lossy = pd.DataFrame([r.as_dict() for r in baselines.measure_lossy(pixels, progress=tqdm)])
+    measured = baselines.measure_lossy(pixels, progress=bar_over("lossy codecs"))
+    lossy = pd.DataFrame([r.as_dict() for r in measured])
     print(lossy.to_string(index=False, float_format="%.2f"), flush=True)
     lossy.to_csv(LOSSY, index=False)
 

@@ -23,6 +23,7 @@ from mnist_vae.data import load_images, load_test_images, to_symbols
 from mnist_vae.lossy import LossyCodec
 from mnist_vae.model_folder import WEIGHTS_FILE
 from mnist_vae.params import load_params
+from mnist_vae.progress import bar_over
 from mnist_vae.stage import run, write_metrics
 
 DATA = Path("data/mnist")
@@ -42,9 +43,9 @@ def main() -> None:
     codec = LossyCodec.from_folder(MODEL_DIR)
     print(f"rate_distortion: {len(images)} test images, rate levels 0..12, PCA, baselines",
           flush=True)  # fmt: skip
-    ours = rd.ours(codec, images)
-    prior = rd.ours(codec, images, "prior")
-    pca = rd.pca_curve(train, images)
+    ours = rd.ours(codec, images, progress=bar_over("ours, mixture"))
+    prior = rd.ours(codec, images, "prior", progress=bar_over("ours, prior"))
+    pca = rd.pca_curve(train, images, progress=bar_over("PCA, by components"))
     baselines = pd.read_csv(BASELINES)
     metrics = rd.summary(ours, prior, pca, baselines, params.lossy.rate)
     print(json.dumps(metrics, indent=2), flush=True)

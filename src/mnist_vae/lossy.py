@@ -1,9 +1,10 @@
 """Lossy compression with the trained VAE: the posterior mean, quantized and entropy-coded.
 
 An image becomes its code: the posterior mean of q(z|x), divided by a step and rounded to
-integers, one per latent dimension. The integers are entropy-coded with ANS
-(``constriction``), each dimension under its own categorical distribution over the grid;
-decoding multiplies back by the step and decodes the mean image p(x|z), rounded to 8 bits.
+integers, one per latent dimension. The integers are entropy-coded with ``constriction``,
+each dimension under its own categorical distribution over the grid; decoding maps each
+integer to its cell's centroid under that distribution and decodes the mean image of
+p(x|z), rounded to 8 bits.
 
 Which distribution codes the integers (the entropy model, named in every stream):
 
@@ -33,12 +34,12 @@ Two layouts, both measured by their bytes:
   probabilities, in as few whole bytes as it needs: ANS would end each image with about
   2.8 bytes of coder state, a prefix code loses a fraction of a bit per dimension.
   A stream decodes alone; it has no checksum (it would cost more than the code), so a
-  damaged one is caught only when the coder does not end empty, and a model whose sha256
-  shares the first two bytes is not told apart.
+  damaged one is caught only when its bytes are not exactly one code's, and a model whose
+  sha256 shares the first two bytes is not told apart.
 
-The networks run on the CPU in float32 and decoding repeats encoding's arithmetic on the
-same integers, so a stream decodes to the same image wherever it is decoded with the same
-weights and torch version; the entropy model is computed from the weights in float64.
+The entropy model is computed from the weights in float64, in both directions by the same
+code: like the lossless codec, a stream decodes with the same model on the torch version
+and CPU family that wrote it (the CPU kernels pinned, see :mod:`.environment`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tqdm import tqdm
@@ -14,3 +15,8 @@ PROGRESS_INTERVAL = 0.2 if sys.stderr.isatty() else 30.0
 def progress_bar(enabled: bool = True, **kwargs: Any) -> tqdm:
     """A tqdm bar that disappears when done and redraws at :data:`PROGRESS_INTERVAL`."""
     return tqdm(disable=not enabled, leave=False, mininterval=PROGRESS_INTERVAL, **kwargs)
+
+
+def bar_over(what: str) -> Callable[[Iterable], Iterable]:
+    """For library loops that take a ``progress`` callable: wraps their iterable in a bar."""
+    return lambda items: progress_bar(iterable=items, desc=what)

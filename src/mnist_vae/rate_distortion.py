@@ -15,6 +15,7 @@ several numbers of components and steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,12 @@ def _row(codec: str, layout: str, setting: str, size: int, n: int, quality: dict
             "bits_per_image": 8 * size / n, **quality}  # fmt: skip
 
 
-def ours(codec: LossyCodec, images: np.ndarray, entropy: str | None = None) -> pd.DataFrame:
+def ours(
+    codec: LossyCodec, images: np.ndarray, entropy: str | None = None, progress: Callable = iter
+) -> pd.DataFrame:
     """Every rate level: the whole-set file and the per-image streams, both decoded again."""
     rows = []
-    for rate in range(MAX_RATE + 1):
+    for rate in progress(range(MAX_RATE + 1)):
         setting = f"rate {rate}"
         whole = codec.compress(images, rate, entropy)
         quality = distortion(images, codec.decompress(whole))
@@ -96,11 +99,11 @@ class PCA:
         return 4 * len(words), decoded.reshape(images.shape)
 
 
-def pca_curve(train: np.ndarray, images: np.ndarray) -> pd.DataFrame:
+def pca_curve(train: np.ndarray, images: np.ndarray, progress: Callable = iter) -> pd.DataFrame:
     """PCA's points over components and steps, reduced to its upper envelope."""
     pca = PCA.fit(train, max(PCA_COMPONENTS))
     rows = []
-    for k in PCA_COMPONENTS:
+    for k in progress(PCA_COMPONENTS):
         for step in PCA_STEPS:
             size, decoded = pca.round_trip(images, k, step)
             setting = f"{k} components, step {step:.4g}"
