@@ -890,6 +890,13 @@ def test_three_queued_experiments_run_two_at_a_time_into_one_store(project):
     table = _sh("dvc", "exp", "show", "--csv", cwd=project, env=env)
     for run in runs:
         assert run.data.tags[tracking.EXP_NAME_TAG] in table
+    # the rate-distortion points of the three land in MLflow and in one dvc plot
+    assert all({"lossy.bytes_per_image", "lossy.psnr"} <= set(r.data.metrics) for r in runs)
+    names = [run.data.tags[tracking.EXP_NAME_TAG] for run in runs]
+    curve = "data/metrics/rate_distortion/mnist-vae_whole_set.csv"
+    _sh("dvc", "plots", "diff", *names, "--targets", curve, "-o", "rd_plots", cwd=project, env=env)
+    page = (project / "rd_plots" / "index.html").read_text()
+    assert all(name in page for name in names), names
 
 
 def test_a_queued_experiment_lands_in_the_same_store_then_nothing_to_reproduce(project):
