@@ -53,7 +53,7 @@ def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     shutil.rmtree(CURVES, ignore_errors=True)
     curves = pd.concat([ours, pca, baselines], ignore_index=True)
-    rd.write_curves(pd.concat([curves, prior.assign(layout="whole set (prior)")]), CURVES)
+    rd.write_curves(pd.concat([curves, prior.assign(layout=prior["layout"] + " (prior)")]), CURVES)
     rd.save_curves(curves, OUT / "curves.png")
     rd.picture_at_equal_bytes(codec, images, params.lossy.rate, baselines, OUT / "equal_bytes.png")
     (OUT / "test-lossy.mvae").write_bytes(codec.compress(images, params.lossy.rate))

@@ -290,6 +290,9 @@ def test_the_rate_distortion_stage_measures_ours_beside_the_baselines(project):
         written / SMALL["data"]["test_limit"]
     )
     assert len(ours) == 13 and 0 < metrics["psnr"] < 100 and 0 < metrics["ssim"] <= 1
+    for path in curves.glob("*.csv"):  # one curve per file: a codec in one layout
+        points = pd.read_csv(path)
+        assert points.groupby(["codec", "layout"]).ngroups == 1, path
     assert set(metrics["baseline_bytes_to_match_psnr"]) >= {"JPEG XL, per image", "WebP, mosaic"}
     plotted = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
     for plot in plotted:
