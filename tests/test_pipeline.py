@@ -51,13 +51,14 @@ SMALL = {
     "evaluate": {"iw_samples": 4, "fid_samples": 100, "interpolations": 3},
 }
 STAGES = {
-    "download", "train", "generate", "compare", "classifier", "evaluate", "baselines", "compress"
+    "download", "train", "generate", "compare", "classifier", "evaluate", "baselines", "compress",
+    "rate_distortion",
 }  # fmt: skip
 TRACKING_SERVER_ENV = "MNIST_VAE_TRACKING_SERVER"  # a shared MLflow server (.ci/run starts one)
 TRACKING_DB_ENV = "MNIST_VAE_TRACKING_DB"  # its PostgreSQL database, to look behind the API
 # its accounts (basic-auth): a JSON file {username: {"role": trainer|viewer, "password": ...}}
 TRACKING_ACCOUNTS_ENV = "MNIST_VAE_TRACKING_ACCOUNTS"
-MLFLOW_STAGES = ["train", "generate", "compare", "evaluate", "compress"]  # those that log
+MLFLOW_STAGES = ["train", "generate", "compare", "evaluate", "compress", "rate_distortion"]  # log
 
 pytestmark = pytest.mark.slow
 
@@ -854,7 +855,7 @@ def test_credentials_appear_nowhere_they_could_leak(tracking_server, shared_run,
     recorded = json.dumps([run["data"].get("params", []), run["data"].get("tags", [])])
     texts = {"the run's params and tags": recorded, "the stages' output": output}
     for name in ("dvc.lock", "params.yaml", *[
-        str(p.relative_to(project)) for p in (project / "data/metrics").iterdir()
+        str(p.relative_to(project)) for p in (project / "data/metrics").rglob("*") if p.is_file()
     ]):  # fmt: skip
         texts[name] = (project / name).read_text()
     for where, text in texts.items():
