@@ -552,8 +552,8 @@ def test_dvc_repro_trains_on_two_processes_with_the_torchrun_command(tmp_path, m
     (project / "dvc.yaml").write_text(
         pipeline.replace("cmd: python stages/train.py", f"cmd: {torchrun}")
     )
-    output = _sh("dvc", "repro", cwd=project, env=env)
-    assert sorted(_stages_run(output)) == sorted(STAGES)
+    output = _sh("dvc", "repro", "evaluate", cwd=project, env=env)  # training and what reads it
+    assert sorted(_stages_run(output)) == ["classifier", "download", "evaluate", "train"]
     assert "x 2 processes (gloo), effective batch 2 x 128" in output
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train"]["cmd"] == torchrun
@@ -566,7 +566,7 @@ def test_dvc_repro_trains_on_two_processes_with_the_torchrun_command(tmp_path, m
     assert [v.run_id for v in client.search_model_versions("name = 'mnist-vae'")] == [
         run.info.run_id
     ]
-    assert _stages_run(_sh("dvc", "repro", cwd=project, env=env)) == []
+    assert _stages_run(_sh("dvc", "repro", "evaluate", cwd=project, env=env)) == []
 
 
 @pytest.fixture(scope="module")
@@ -605,7 +605,8 @@ def shared_run(tracking_server, accounts, tmp_path_factory, mnist_mirror):
     username, password = accounts["trainer"]
     env = {**env, "MLFLOW_TRACKING_URI": tracking_server,
            "MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}  # fmt: skip
-    output = _sh("dvc", "repro", cwd=project, env=env)
+    # what the server sees of a run: training, its pictures, its evaluation and promotion
+    output = _sh("dvc", "repro", "evaluate", "generate", "compare", cwd=project, env=env)
     return project, env, output
 
 
@@ -863,29 +864,29 @@ def test_credentials_appear_nowhere_they_could_leak(tracking_server, shared_run,
     assert "MLFLOW_TRACKING_PASSWORD" not in recorded
 
 
-def test_three_queued_experiments_run_two_at_a_time_into_one_store(project):
+def test_two_queued_experiments_run_side_by_side_into_one_store(project):
     project, env, _ = project
-    _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=2,8,16", cwd=project, env=env)
+    _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=2,16", cwd=project, env=env)
     _sh("dvc", "queue", "start", "-j", "2", cwd=project, env=env)
     deadline = time.monotonic() + 900
     try:
-        while True:
+        while True:  # not too often: DVC may drop an experiment collected while polled (#8014)
+            time.sleep(10)
             status = _sh("dvc", "queue", "status", cwd=project, env=env)
             if not re.search(r"\b(Queued|Running)\b", status):
                 break
             assert time.monotonic() < deadline, status
-            time.sleep(2)
     finally:
         subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
-    assert len(re.findall(r"\bSuccess\b", status)) == 3, status
+    assert len(re.findall(r"\bSuccess\b", status)) == 2, status
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     runs = [
         r for r in client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
-        if r.data.params["latent_dim"] in ("2", "8", "16")
+        if r.data.params["latent_dim"] in ("2", "16")
     ]  # fmt: skip
-    assert sorted(int(r.data.params["latent_dim"]) for r in runs) == [2, 8, 16]
+    assert sorted(int(r.data.params["latent_dim"]) for r in runs) == [2, 16]
     assert all(r.info.status == "FINISHED" and "eval.iwae_nll" in r.data.metrics for r in runs)
     assert all(r.data.tags.get(tracking.EXP_NAME_TAG) for r in runs)
     spans = sorted((r.info.start_time, r.info.end_time) for r in runs)  # milliseconds
@@ -894,7 +895,7 @@ def test_three_queued_experiments_run_two_at_a_time_into_one_store(project):
     table = _sh("dvc", "exp", "show", "--csv", cwd=project, env=env)
     for run in runs:
         assert run.data.tags[tracking.EXP_NAME_TAG] in table
-    # the rate-distortion points of the three land in MLflow and in one dvc plot
+    # the rate-distortion points of both land in MLflow and in one dvc plot
     assert all({"lossy.bytes_per_image", "lossy.psnr"} <= set(r.data.metrics) for r in runs)
     names = [run.data.tags[tracking.EXP_NAME_TAG] for run in runs]
     curve = "data/metrics/rate_distortion/mnist-vae_whole_set.csv"
