@@ -5,7 +5,9 @@
    which the rate_distortion stage wrote from the bytes it wrote;
 2. our curve above PCA's at every rate where both exist (the same file);
 3. compress and decompress speed on the 10,000 test images, both layouts (>= 2,000/s), and
-   the distortion level by level (a finer grid never worse on this set).
+   the distortion level by level (a finer grid never worse on this set), with PCA's PSNR at
+   the same bits and the decoding speed of each level (the coarsest average 16 decoded
+   images per code).
 
     python bench/lossy.py [--model data/model] [--threads 2]
 """
@@ -19,11 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from mnist_vae import rate_distortion as rd
 from mnist_vae.data import load_test_images, to_symbols
 from mnist_vae.distortion import distortion
-from mnist_vae.lossy import LossyCodec
+from mnist_vae.lossy import LossyCodec, points_per_code
 from mnist_vae.params import MAX_RATE, load_params
 
 
@@ -55,13 +59,23 @@ def main() -> None:
         print(f"speed, {name:9}: compress {n / best[0]:8,.0f} images/s, decompress "
               f"{n / best[1]:8,.0f} images/s (best of 3)")  # fmt: skip
 
-    print("\nlevel  bytes/image  PSNR (dB)  SSIM")
+    curves = Path("data/metrics/rate_distortion")
+    pca = pd.read_csv(curves / "pca_whole_set.csv")
+    print("\nlevel  bytes/image  PSNR (dB)  SSIM   PCA's PSNR at these bits  images/s decoded"
+          "  (decoded images averaged per code)")  # fmt: skip
     psnrs = []
     for level in range(MAX_RATE + 1):
         data = codec.compress(images, level)
-        quality = distortion(images, codec.decompress(data))
+        start = time.perf_counter()
+        decoded = codec.decompress(data)
+        speed = n / (time.perf_counter() - start)
+        quality = distortion(images, decoded)
         psnrs.append(quality["psnr"])
-        print(f"{level:5}  {len(data) / n:11.2f}  {quality['psnr']:9.2f}  {quality['ssim']:.3f}")
+        bits = pd.DataFrame({"bits_per_image": [8 * len(data) / n], "psnr": [quality["psnr"]]})
+        at = rd.pca_comparison(bits, pca)["pca_psnr"]
+        pca_psnr = f"{at.iloc[0]:.2f}" if len(at) else "-"
+        print(f"{level:5}  {len(data) / n:11.2f}  {quality['psnr']:9.2f}  {quality['ssim']:.3f}"
+              f"  {pca_psnr:>24}  {speed:16,.0f}  ({points_per_code(level)})")  # fmt: skip
 
     metrics = json.loads(Path("data/metrics/lossy.json").read_text())
     t = metrics["targets"]

@@ -15,7 +15,7 @@ from mnist_vae import rate_distortion as rd
 from mnist_vae.codec import HEADER_BYTES
 from mnist_vae.data import to_float
 from mnist_vae.errors import CodecError
-from mnist_vae.lossy import STREAM_HEADER, LossyCodec, is_image_stream, step
+from mnist_vae.lossy import STREAM_HEADER, FactorizedCoder, LossyCodec, is_image_stream, step
 from mnist_vae.model import VAEConfig, save_model
 from mnist_vae.params import MAX_RATE, Params, TrainParams
 from mnist_vae.sampler import fit_sampler
@@ -58,13 +58,39 @@ def test_digits(digits) -> np.ndarray:
     return digits[500:]
 
 
-def test_both_layouts_give_the_same_8_bit_images(codec, test_digits):
-    whole = codec.decompress(codec.compress(test_digits, 6))
-    each = codec.decompress_each(codec.compress_each(test_digits, 6))
+@pytest.mark.parametrize("rate", [0, 6])  # level 0 decodes an average of 16 images
+def test_both_layouts_give_the_same_8_bit_images(codec, test_digits, rate):
+    whole = codec.decompress(codec.compress(test_digits, rate))
+    each = codec.decompress_each(codec.compress_each(test_digits, rate))
     assert whole.shape == test_digits.shape and whole.dtype == np.uint8
     assert np.array_equal(whole, each)
-    setting = codec.setting(6)
+    setting = codec.setting(rate)
     assert np.array_equal(whole, codec.images(codec.codes(test_digits, setting), setting))
+
+
+def test_the_points_of_a_cell_lie_in_it_and_average_to_its_conditional_mean():
+    """The points a coarse code decodes: inside its cell, the same every time, and their
+    mean is the mixture's mean in the cell (components independent per dimension)."""
+    weights, step_ = np.array([0.3, 0.7]), 1.5
+    means = np.array([[-1.0, 0.5, 0.0], [0.8, -0.4, 2.0]])
+    stds = np.array([[0.6, 1.0, 0.5], [0.9, 0.3, 1.2]])
+    coder = FactorizedCoder.gaussian_mixture(weights, means, stds, step_, 8.0)
+    codes = np.array([[0, 0, 0], [-1, 1, 2], [1, -1, 1], [-2, 0, 3]])
+    points = coder.points(codes, 64)
+    assert points.shape == (4, 64, 3)
+    assert np.array_equal(points, coder.points(codes, 64))
+    assert np.all(np.abs(points / step_ - codes[:, None, :]) <= 0.5 + 1e-9)
+    # exactly: each component's share of the cell, times its truncated mean per dimension
+    edges = (codes[None] + np.array([-0.5, 0.5])[:, None, None]) * step_  # [2, n, dims]
+    t = (edges[:, None] - means[None, :, None]) / stds[None, :, None]  # [2, K, n, dims]
+    cdf = torch.special.ndtr(torch.from_numpy(t)).numpy()
+    pdf = np.exp(-0.5 * t**2) / np.sqrt(2 * np.pi)
+    inside = cdf[1] - cdf[0]
+    truncated = means[:, None] - stds[:, None] * (pdf[1] - pdf[0]) / inside  # [K, n, dims]
+    share = weights[:, None] * inside.prod(-1)
+    share /= share.sum(0)
+    expected = np.einsum("kn,knd->nd", share, truncated)
+    assert np.allclose(points.mean(1), expected, atol=0.03 * step_)
 
 
 def test_a_finer_grid_never_moves_a_code_further_than_its_step(codec, test_digits):

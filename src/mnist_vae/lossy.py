@@ -49,6 +49,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import constriction
 import numpy as np
@@ -73,12 +74,27 @@ ENTROPY_MODELS = {"mixture": LOSSY_MIXTURE, "prior": LOSSY_PRIOR}
 _STREAM = struct.Struct("<B2s")
 STREAM_HEADER = _STREAM.size
 _STREAM_MAGIC, _MAGIC_BITS, _PRIOR_FLAG, _RATE_BITS = 0xA0, 0xE0, 0x10, 0x0F
+AVERAGED_BELOW = 4  # the rate levels whose codes decode to an average of images
 
 
 def step(rate: int) -> float:
     """The grid step of a rate level, in prior standard deviations."""
     check_rate(rate)
     return 2.0 ** (1 - rate / 2)
+
+
+def points_per_code(rate: int) -> int:
+    """How many points of its cell a code decodes to (their images averaged): 16 at level 0,
+    halving each level up to 1 (the centroid) from level ``AVERAGED_BELOW``.
+
+    The image that minimizes the expected squared error given a code is the average image
+    over the cell, not the image of the cell's average: the decoder draws a sharp digit,
+    and a coarse cell holds several. Measured on 1,000 test digits with the trained model,
+    averaging lifts the PSNR by 1.3 dB at level 0, 0.9 at level 1, 0.5 at level 2 and 0.15
+    at level 3; eight points would add under 0.1 dB at level 4 and nothing at level 6, at
+    eight times the decoder's work."""
+    check_rate(rate)
+    return 2 ** max(0, AVERAGED_BELOW - rate)
 
 
 def check_rate(rate: int) -> None:
@@ -90,19 +106,38 @@ def _ndtr(x: np.ndarray) -> np.ndarray:
     return torch.special.ndtr(torch.from_numpy(x)).numpy()
 
 
+def _ndtri(p: np.ndarray) -> np.ndarray:
+    return torch.special.ndtri(torch.from_numpy(p)).numpy()
+
+
+class _Mixture(NamedTuple):
+    """A Gaussian mixture behind a :class:`FactorizedCoder`, its dimensions per component
+    taken as independent: log weights ``[K]``, means and stds ``[K, dims]``, the grid's cell
+    edges ``[cells + 1]`` and each component's CDF at them ``[K, dims, cells + 1]``."""
+
+    log_weights: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    edges: np.ndarray
+    cdf: np.ndarray
+
+
 class FactorizedCoder:
     """Integer vectors coded one dimension at a time, dimension ``i`` under its own
     categorical over ``-radius..radius`` (``probabilities[i]``); shared by the VAE's code and
     the PCA baseline, so both pay the same coder."""
 
-    def __init__(self, probabilities: np.ndarray, centroids: np.ndarray) -> None:
+    def __init__(
+        self, probabilities: np.ndarray, centroids: np.ndarray, mixture: _Mixture | None = None
+    ) -> None:
         dims, size = probabilities.shape
         self.radius = (size - 1) // 2
         self.dims = dims
         self.centroids = centroids
-        self.probabilities = probabilities
-        self._trees: tuple[list, list] | None = None
         """``[dims, cells]``: the value each cell decodes to (the model's mean in the cell)"""
+        self.probabilities = probabilities
+        self.mixture = mixture
+        self._trees: tuple[list, list] | None = None
         self.models = [
             constriction.stream.model.Categorical(row, perfect=False) for row in probabilities
         ]
@@ -120,9 +155,10 @@ class FactorizedCoder:
         edges = (np.arange(-radius, radius + 2) - 0.5) * step
         edges[0], edges[-1] = -np.inf, np.inf
         t = (edges - means[..., None]) / stds[..., None]  # [K, dims, cells + 1]
-        mass = np.einsum("k,kdc->dc", weights, np.diff(_ndtr(t), axis=-1))
+        cdf = _ndtr(t)
+        mass = np.einsum("k,kdc->dc", weights, np.diff(cdf, axis=-1))
         # the integral of z N(z; m, s) over a cell: m (its mass) - s (the density's change)
-        first = means[..., None] * np.diff(_ndtr(t), axis=-1) - stds[..., None] * np.diff(
+        first = means[..., None] * np.diff(cdf, axis=-1) - stds[..., None] * np.diff(
             np.exp(-0.5 * np.square(t)) / math.sqrt(2 * math.pi), axis=-1
         )
         centres = np.arange(-radius, radius + 1) * step
@@ -130,7 +166,42 @@ class FactorizedCoder:
         centroids = np.where(
             tiny, centres, np.einsum("k,kdc->dc", weights, first) / np.where(tiny, 1.0, mass)
         )
-        return cls(np.maximum(mass, 0.0), centroids)
+        mixture = _Mixture(np.log(weights), means, stds, edges, cdf)
+        return cls(np.maximum(mass, 0.0), centroids, mixture)
+
+    def points(self, codes: np.ndarray, count: int) -> np.ndarray:
+        """``count`` points ``[n, count, dims]`` in each code's cell, spread by the mixture
+        restricted to the cell, so that the mean of a function over them estimates its
+        conditional mean given the code (:meth:`LossyCodec.images` averages decoded images).
+
+        Deterministic: the points are quantiles, not random draws. Each component's share of
+        the cell (its mass in the cell; within a component the dimensions are taken as
+        independent, each the component's marginal) gives it that share of the ``count``
+        points (systematic resampling); the ``m`` points a component gets are the quantiles
+        ``(j + 1/2) / m`` of its distribution in the cell, dimension ``d`` visiting them in
+        the order ``j (2 d + 1) + d mod m`` (a rank-1 lattice, so that the points do not sit
+        on a diagonal)."""
+        if self.mixture is None:
+            raise ValueError("this coder has no mixture to spread points by")
+        log_weights, means, stds, edges, cdf = self.mixture
+        cells = self._check(codes)  # [n, dims]
+        dims = np.arange(self.dims)
+        inside = cdf[:, dims, cells + 1] - cdf[:, dims, cells]  # [K, n, dims]
+        log_share = log_weights[:, None] + np.log(np.maximum(inside, 1e-300)).sum(-1)  # [K, n]
+        share = np.exp(log_share - log_share.max(0))
+        cumulative = np.cumsum(share / share.sum(0), axis=0).T  # [n, K]
+        slots = (np.arange(count) + 0.5) / count
+        component = np.minimum((cumulative[:, None, :] < slots[:, None]).sum(-1), len(means) - 1)
+        # each slot's rank among the slots of its component, and how many those are
+        same = component[:, :, None] == component[:, None, :]  # [n, count, count]
+        rank = (same & np.tri(count, k=-1, dtype=bool)).sum(-1)[..., None]
+        many = same.sum(-1)[..., None]
+        quantile = ((rank * (2 * dims + 1) + dims) % many + 0.5) / many  # [n, count, dims]
+        k, c = component[..., None], cells[:, None, :]
+        low, high = cdf[k, dims, c], cdf[k, dims, c + 1]
+        u = np.clip(low + quantile * (high - low), 1e-300, 1 - 1e-16)
+        z = means[k, dims] + stds[k, dims] * _ndtri(u)
+        return np.clip(z, edges[c], edges[c + 1])  # float's rounding stays in the cell
 
     def values(self, codes: np.ndarray) -> np.ndarray:
         """What integer codes ``[n, dims]`` decode to: each cell's centroid."""
@@ -281,12 +352,19 @@ class LossyCodec:
 
     @torch.no_grad()
     def images(self, codes: np.ndarray, setting: Setting) -> np.ndarray:
-        """The 8-bit mean images ``[N, H, W]`` that ``codes`` decode to."""
-        z = torch.from_numpy(self.coder(setting).values(codes).astype(np.float32))
-        pictures = [
-            self.model.mean_image(part, exact=False).squeeze(1)
-            for part in torch.split(z, BATCH * 10)
-        ]
+        """The 8-bit images ``[N, H, W]`` that ``codes`` decode to: the decoder's mean image
+        at the cell's centroid, or below level ``AVERAGED_BELOW`` the average of the mean
+        images at :func:`points_per_code` points of the cell."""
+        coder, count = self.coder(setting), points_per_code(setting.rate)
+        pictures = []
+        for start in range(0, len(codes), BATCH * 10 // count):
+            part = codes[start : start + BATCH * 10 // count]
+            if count == 1:
+                z = torch.from_numpy(coder.values(part).astype(np.float32))
+            else:
+                z = torch.from_numpy(coder.points(part, count).astype(np.float32)).flatten(0, 1)
+            mean = self.model.mean_image(z, exact=False).squeeze(1)
+            pictures.append(mean.unflatten(0, (len(part), count)).mean(1))
         return torch.round(torch.cat(pictures) * 255).clamp_(0, 255).to(torch.uint8).numpy()
 
     # The whole set -----------------------------------------------------------------------
