@@ -1,7 +1,7 @@
 """Stage compress: the trained model as a lossless codec on the whole test set.
 
 Reads: data.test_limit, data.binarize
-Writes: data/compression/test.mvae (the test images, compressed; for a model that is no
+Writes: data/compression/lossless/test.mvae (the test images, compressed; for a model that is no
 codec, NOT_COMPRESSED.txt with the reason), data/metrics/compress.json (dvc metrics: bits
 per pixel actually written, the negative ELBO and IWAE bound in bits per pixel from
 evaluate, the gap) and data/metrics/codecs.csv (dvc plots: ours beside the baselines).
@@ -27,7 +27,7 @@ from mnist_vae.stage import run, write_metrics
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
-OUT = Path("data/compression")
+OUT = Path("data/compression/lossless")
 EVALUATION = Path("data/metrics/evaluate.json")
 BASELINES = Path("data/metrics/baselines.csv")
 METRICS = Path("data/metrics/compress.json")

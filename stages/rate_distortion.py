@@ -3,7 +3,7 @@ lossy codecs, on the test images (README: Compression).
 
 Reads: seed, data.train_limit (PCA is fitted on the training images the model saw),
 data.test_limit, data.binarize, lossy.rate
-Writes: data/rate_distortion/ (curves.png: PSNR and SSIM against bits per image;
+Writes: data/compression/lossy/ (curves.png: PSNR and SSIM against bits per image;
 equal_bytes.png: originals over ours over the baseline closest in bytes; test-lossy.mvae:
 the test set at lossy.rate), data/metrics/rate_distortion/*.csv (dvc plots: a file per
 curve) and data/metrics/lossy.json (dvc metrics). Every rate is bytes actually written,
@@ -29,7 +29,7 @@ from mnist_vae.stage import run, write_metrics
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
 BASELINES = Path("data/metrics/lossy_baselines.csv")
-OUT = Path("data/rate_distortion")
+OUT = Path("data/compression/lossy")
 CURVES = Path("data/metrics/rate_distortion")
 METRICS = Path("data/metrics/lossy.json")
 

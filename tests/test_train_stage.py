@@ -29,7 +29,7 @@ from mnist_vae.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {
-    "data": {"train_limit": 6000, "test_limit": 500},
+    "data": {"train_limit": 3000, "test_limit": 500},
     "train": {"epochs": 3, "batch_size": 64, "loss": "bce"},  # nats comparable to before
 }
 CHECKPOINT = Path("data/checkpoints/train.pt")
@@ -114,8 +114,8 @@ def uninterrupted(template, tmp_path_factory, env) -> Path:
 
 
 @pytest.mark.parametrize(
-    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name
-)
+    "sig", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name
+)  # SIGTERM unwinds as Ctrl-C does (stage.py); Ctrl-C itself: under torchrun, below
 def test_a_killed_training_resumes_to_the_same_weights_in_the_same_run(
     template, uninterrupted, tmp_path, env, sig
 ):
