@@ -22,7 +22,7 @@ from mnist_vae import tracking
 from mnist_vae.data import load_images, load_test_images, to_symbols
 from mnist_vae.lossy import LossyCodec
 from mnist_vae.model_folder import WEIGHTS_FILE
-from mnist_vae.params import load_params
+from mnist_vae.params import MAX_RATE, load_params
 from mnist_vae.progress import bar_over
 from mnist_vae.stage import run, write_metrics
 
@@ -41,8 +41,8 @@ def main() -> None:
     images = to_symbols(load_test_images(DATA, p.test_limit, p.binarize)[0], 256).numpy()
     train = to_symbols(load_images(DATA, "train", p.train_limit, params.seed)[0], 256).numpy()
     codec = LossyCodec.from_folder(MODEL_DIR)
-    print(f"rate_distortion: {len(images)} test images, rate levels 0..12, PCA, baselines",
-          flush=True)  # fmt: skip
+    print(f"rate_distortion: {len(images)} test images, rate levels 0..{MAX_RATE}, PCA, "
+          "baselines", flush=True)  # fmt: skip
     ours = rd.ours(codec, images, progress=bar_over("ours, mixture"))
     prior = rd.ours(codec, images, "prior", progress=bar_over("ours, prior"))
     pca = rd.pca_curve(train, images, progress=bar_over("PCA, by components"))

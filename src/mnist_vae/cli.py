@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -99,15 +100,16 @@ def compress(
         folder = resolve_model(model, Path(scratch))
         if rate is None:
             codec = BitsBackCodec.from_folder(folder)
-            levels, shape = codec.levels, codec.model.image_shape[1:]
+            levels, encode = codec.levels, codec.compress
         else:
             codec = LossyCodec.from_folder(folder)
-            levels, shape = 256, codec.model.image_shape[1:]
+            levels, encode = 256, partial(codec.compress, rate=rate)
+        shape = codec.model.image_shape[1:]
         images = np.stack([read_image(path, levels, shape) for path in inputs])
-        data = codec.compress(images) if rate is None else codec.compress(images, rate)
-    partial = output.with_name(f".{output.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, output)
+        data = encode(images)
+    unfinished = output.with_name(f".{output.name}.partial")
+    unfinished.write_bytes(data)
+    os.replace(unfinished, output)
     bits = 8 * len(data) / images.size
     mode = "lossless" if rate is None else f"lossy, rate {rate}"
     return (

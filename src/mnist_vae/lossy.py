@@ -4,7 +4,8 @@ An image becomes its code: the posterior mean of q(z|x), divided by a step and r
 integers, one per latent dimension. The integers are entropy-coded with ``constriction``,
 each dimension under its own categorical distribution over the grid; decoding maps each
 integer to its cell's centroid under that distribution and decodes the mean image of
-p(x|z), rounded to 8 bits.
+p(x|z), rounded to 8 bits (at the coarsest levels, the average of the mean images at
+several points of the cell: :func:`points_per_code`).
 
 Which distribution codes the integers (the entropy model, named in every stream):
 
@@ -364,7 +365,7 @@ class LossyCodec:
             else:
                 z = torch.from_numpy(coder.points(part, count).astype(np.float32)).flatten(0, 1)
             mean = self.model.mean_image(z, exact=False).squeeze(1)
-            pictures.append(mean.unflatten(0, (len(part), count)).mean(1))
+            pictures.append(mean if count == 1 else mean.unflatten(0, (len(part), count)).mean(1))
         return torch.round(torch.cat(pictures) * 255).clamp_(0, 255).to(torch.uint8).numpy()
 
     # The whole set -----------------------------------------------------------------------
