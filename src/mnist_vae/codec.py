@@ -10,22 +10,29 @@ compressor borrowed. The stack starts with a few fixed words for the first pops 
 and ends with exactly those words again, which decompression checks.
 
 The latent lives on a grid of step ``2^-LATENT_BITS`` (in units of the prior's standard
-deviation), fine enough that the rate stays within a fraction of a percent of the
-continuous negative ELBO; the prior and the posterior are Gaussians quantized to that
-grid (``QuantizedGaussian``), the pixels a categorical over their values.
+deviation) over +-``LATENT_RANGE``, fine enough that the rate stays within a fraction of a
+percent of the continuous negative ELBO. The prior is N(0, I) integrated over the grid's
+cells (one table for every latent); a posterior q(z|x) is integrated over a window of
++-``POSTERIOR_WIDTH`` of its standard deviations (the mass beyond is far below what the
+coder can represent). The pixels are a categorical over their values.
 
 An 8-bit pixel is sent as two symbols: whether it is 0 (four in five MNIST pixels are),
 then, if not, its value among 1..255, which is the same distribution (p(k) = p(not 0)
 p(k | not 0)) at a fifth of the work of a 256-entry table for every pixel.
 
-Images go through the networks in fixed batches (written in the header), and
-:func:`frequencies` is the one place where network outputs become the integer
-frequencies that the coder sees, in both directions: the same weights, batch and
-platform give the same frequencies, hence the same bits. A stream decodes on the same
-torch version and CPU family that wrote it; one written on a GPU is not guaranteed to
-decode on a CPU. Every mismatch (another model, damaged bytes, another platform's
-arithmetic) ends in :class:`~.errors.CodecError`, never in wrong images: the header
-carries the weights' sha256 and a checksum of the original pixels.
+**A file decodes anywhere the model is.** Every probability the coder sees is an integer
+computed in integer arithmetic (:mod:`.fixed_point`): the encoder and decoder run as an
+:class:`~.fixed_point.ExactNetwork`, and the posterior, the prior and the pixel
+likelihood turn its integer outputs into integer frequencies through tables. So the
+frequencies, hence the bits, are the same whatever the CPU kernels (pinned, native,
+scalar), the thread count, the batch, the device or the torch version
+(:mod:`.portability` runs the matrix). Every mismatch that remains possible (another
+model, damaged bytes) ends in :class:`~.errors.CodecError`, never in wrong images: the
+header carries the weights' sha256 and a checksum of the original pixels.
+
+Images are coded in groups that grow from one image, doubling up to the header's group
+size: a group's latents are popped before its pixels are pushed, so the grouping is part
+of the stream; the network computes the same integers however it is batched.
 
 The file format (all integers little-endian):
 
@@ -33,13 +40,13 @@ The file format (all integers little-endian):
 offset  size     field
 ======  =======  =========================================================
 0       4        magic ``MVAE``
-4       1        format version (1)
+4       1        format version (2; 1 was the floating-point codec, refused)
 5       1        mode (0: lossless bits-back; 1, 2: lossy, see :mod:`.lossy`)
 6       32       sha256 of the model's weights file
 38      4        number of images
 42      2, 2     image height, width
 46      2        values per pixel (256: 8-bit grey; 2: binary)
-48      2        images per network batch
+48      2        images per coding group (the largest; see above)
 50      1        latent grid: ``LATENT_BITS`` (lossy: the rate level)
 51      8        first 8 bytes of the sha256 of the original pixels (lossy: of the codes)
 59      4 x n    the ANS words (``uint32``) to the end of the file
@@ -59,20 +66,26 @@ import constriction
 import numpy as np
 import torch
 
+from . import exact_likelihoods
 from .errors import CodecError
+from .fixed_point import ACTIVATION_BITS, PROBABILITY_BITS, ExactNetwork, tables
 from .likelihoods import likelihood, pixel_rows
 from .model import ConvVAE, load_model
 from .model_folder import WEIGHTS_FILE
 
 MAGIC = b"MVAE"
-VERSION = 1
+VERSION = 2
+"""1: probabilities from the floating-point network (decoded only where written); 2: from
+integer arithmetic (:mod:`.fixed_point`), the same on every platform"""
 LOSSLESS = 0
 LOSSY_MIXTURE = 1  # the quantized code under the fitted mixture's marginals (lossy.py)
 LOSSY_PRIOR = 2  # the quantized code under the prior N(0, I)
 MODES = {LOSSLESS: "lossless", LOSSY_MIXTURE: "lossy", LOSSY_PRIOR: "lossy (prior)"}
 LATENT_BITS = 8  # latent grid step 2^-8 prior standard deviations
 LATENT_RANGE = 8  # the grid covers +-8 prior standard deviations
-FREQUENCY_BITS = 22  # pixel probabilities become integers out of 2^22 (at least 1 each)
+GRID = LATENT_RANGE << LATENT_BITS  # grid points -GRID..GRID
+POSTERIOR_WIDTH = 7  # a posterior's window: +-7 of its standard deviations (2.6e-12 outside)
+LOG_VARIANCE = (-14, 2)  # a posterior's log-variance is clamped to this range
 BATCH = 100  # images per network pass
 _HEADER = struct.Struct("<4sBB32sIHHHHB8s")
 HEADER_BYTES = _HEADER.size
@@ -111,7 +124,10 @@ class Header:
             data[:HEADER_BYTES]
         )
         if version != VERSION:
-            raise CodecError(f"format version {version}; this mnist-vae reads version {VERSION}")
+            old = " (before portable decoding: read it with mnist-vae 0.1)" if version == 1 else ""
+            raise CodecError(
+                f"format version {version}{old}; this mnist-vae reads version {VERSION}"
+            )
         if mode not in MODES:
             raise CodecError(f"unknown coding mode {mode} (damaged file?)")
         body = data[HEADER_BYTES:]
@@ -142,15 +158,21 @@ def pixels_digest(images: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).tobytes()).digest()[:8]
 
 
-def frequencies(log_weights: torch.Tensor) -> np.ndarray:
-    """Integer frequencies from log-probabilities known up to a constant per row: the one
-    place where the network's numbers become what the coder sees, for compression and
-    decompression alike (the largest of a row is ``2^FREQUENCY_BITS``, none below 1)."""
-    top = log_weights.amax(dim=-1, keepdim=True)
-    # a row whose values all have probability 0 in floating point: uniform (every one at 1)
-    shifted = log_weights - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    scaled = torch.round(shifted.exp_() * float(1 << FREQUENCY_BITS)).clamp_(min=1.0)
-    return np.ascontiguousarray(scaled.numpy(), dtype=np.float64)
+def gaussian_bins(
+    mean: torch.Tensor, inv_std: torch.Tensor, low: torch.Tensor, width: int
+) -> torch.Tensor:
+    """Integer probabilities of the grid points ``low .. low + width - 1`` of each row under
+    N(mean, std) (``mean`` in grid steps at ``2^-ACTIVATION_BITS``, ``inv_std`` = 1/std in
+    prior units at ``2^-20``), from the normal CDF table at the cells' edges; a window
+    that reaches an end of the grid takes that tail. ``[rows, width]`` int64."""
+    j = low[:, None] + torch.arange(width + 1, dtype=torch.int64)  # edge j - 1/2 of point j
+    edges = (2 * j - 1) << (ACTIVATION_BITS - 1)
+    # (edge - mean) / (std 2^LATENT_BITS): at 2^-(16 + 20 + LATENT_BITS), then at 2^-20
+    t = ((edges - mean[:, None]) * inv_std[:, None]) >> (ACTIVATION_BITS + LATENT_BITS)
+    cdf = tables()["normal_cdf"](t, 20)
+    cdf[:, 0] = torch.where(low == -GRID, 0, cdf[:, 0])
+    cdf[:, -1] = torch.where(low + width - 1 == GRID, 1 << PROBABILITY_BITS, cdf[:, -1])
+    return torch.diff(cdf, dim=1)
 
 
 class BitsBackCodec:
@@ -162,14 +184,16 @@ class BitsBackCodec:
         self.levels = likelihood(loss).levels
         if self.levels is None:
             raise CodecError(f"a model trained with train.loss {loss!r} cannot code pixels")
-        self.likelihood = likelihood(loss)
         self.split_zero = self.levels > 2  # 8-bit pixels: "is it 0?" first, then the value
         self.model_sha256 = model_sha256
         self.batch = batch
-        self.grid = 2.0**-LATENT_BITS
-        bound = LATENT_RANGE << LATENT_BITS
-        self.latent_model = constriction.stream.model.QuantizedGaussian(-bound, bound)
-        self.pixel_model = constriction.stream.model.Categorical(perfect=False)
+        self.network = ExactNetwork(model)
+        self.categorical = constriction.stream.model.Categorical(perfect=False)
+        prior = gaussian_bins(
+            torch.zeros(1, dtype=torch.int64), torch.ones(1, dtype=torch.int64) << 20,
+            torch.full((1,), -GRID), 2 * GRID + 1,
+        )  # fmt: skip
+        self.prior = constriction.stream.model.Categorical(_floats(prior[0]), perfect=False)
 
     @classmethod
     def from_folder(cls, folder: str | Path, batch: int = BATCH) -> BitsBackCodec:
@@ -179,57 +203,67 @@ class BitsBackCodec:
 
     # The pieces both directions share --------------------------------------------------
     def _posterior(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """q(z|x) on the grid: means and standard deviations in grid steps, flat."""
-        x = torch.from_numpy(images.astype(np.float32) / (self.levels - 1)).unsqueeze(1)
-        with torch.no_grad():
-            mean, logvar = self.model.encode(x)
-        mean, std = mean.double(), torch.exp(0.5 * logvar.double())
-        return (mean / self.grid).flatten().numpy(), (std / self.grid).flatten().numpy()
-
-    def _prior(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros(n), np.full(n, 1.0 / self.grid)
+        """q(z|x) on the grid, one row per latent: the first grid point of each row's window
+        and the integer probabilities of the window's points (a common width, at most the
+        whole grid), from the exact encoder."""
+        pixels = torch.from_numpy(images.astype(np.int64)) * (255 // (self.levels - 1))
+        mean, logvar = self.network.encode(pixels.unsqueeze(1))
+        bound = LATENT_RANGE << ACTIVATION_BITS
+        mean = mean.flatten().clamp(-bound, bound)
+        low_lv, high_lv = (v << ACTIVATION_BITS for v in LOG_VARIANCE)
+        half_logvar = logvar.flatten().clamp(low_lv, high_lv) >> 1
+        exp = tables()["exp"]
+        inv_std = exp(-half_logvar, ACTIVATION_BITS) >> 4  # 1/std at 2^-20
+        std = exp(half_logvar, ACTIVATION_BITS)  # at 2^-24
+        half = ((POSTERIOR_WIDTH * std) >> (24 - LATENT_BITS)) + 2  # grid points each side
+        width = int(min(2 * half.max() + 1, 2 * GRID + 1))
+        grid_mean = mean << LATENT_BITS  # in grid steps at 2^-16
+        centre = (grid_mean + (1 << (ACTIVATION_BITS - 1))) >> ACTIVATION_BITS
+        low = (centre - width // 2).clamp(-GRID, GRID - width + 1)
+        return low.numpy(), _floats(gaussian_bins(grid_mean, inv_std, low, width))
 
     def _pixel_rows(self, z: np.ndarray, count: int) -> torch.Tensor:
-        """The decoder's parameters for the images of latents ``z``, one row per pixel."""
-        latent = torch.from_numpy(z.astype(np.float32) * np.float32(self.grid))
-        with torch.no_grad():
-            return pixel_rows(self.model.decode(latent.view(count, -1))).double()
+        """The decoder's integer parameters for the images of grid latents ``z``, one row per
+        pixel."""
+        latent = torch.from_numpy(z.astype(np.int64)).view(count, -1)
+        return pixel_rows(self.network.decode(latent, LATENT_BITS))
 
     def _zero_frequencies(self, rows: torch.Tensor) -> np.ndarray:
-        """Frequencies of (not 0, 0) for each pixel: the first symbol of an 8-bit pixel."""
-        log_zero, log_rest = self.likelihood.log_zero(rows)
-        return frequencies(torch.stack([log_rest, log_zero], dim=-1))
+        """Frequencies of (not 0, 0) for each pixel: the first symbol of an 8-bit pixel.
+        Here and below every frequency is at least 1 (out of about 2^46): a value the model
+        rules out entirely still codes, and a row is never all zeros."""
+        return _floats(exact_likelihoods.zero_frequencies(self.loss, rows).clamp_(min=1))
 
     def _value_frequencies(self, rows: torch.Tensor) -> np.ndarray:
         """Frequencies of the values 1..levels-1 (the second symbol of a pixel that is not 0;
         for binary pixels, of both values)."""
-        weights = self.likelihood.log_weights(rows)
-        return frequencies(weights[:, 1:] if self.split_zero else weights)
+        table = exact_likelihoods.frequencies(self.loss, rows).clamp_(min=1)
+        return _floats(table[:, 1:] if self.split_zero else table)
 
     def _push_pixels(self, coder, x: np.ndarray, rows: torch.Tensor) -> None:
         values = x.reshape(-1).astype(np.int32)
         if not self.split_zero:
-            coder.encode_reverse(values, self.pixel_model, self._value_frequencies(rows))
+            coder.encode_reverse(values, self.categorical, self._value_frequencies(rows))
             return
         nonzero = values != 0
         index = torch.from_numpy(np.flatnonzero(nonzero))
         if len(index):  # pushed first: popped after the zero flags that locate them
             coder.encode_reverse(
-                values[nonzero] - 1, self.pixel_model, self._value_frequencies(rows[index])
+                values[nonzero] - 1, self.categorical, self._value_frequencies(rows[index])
             )
         flags = (~nonzero).astype(np.int32)
-        coder.encode_reverse(flags, self.pixel_model, self._zero_frequencies(rows))
+        coder.encode_reverse(flags, self.categorical, self._zero_frequencies(rows))
 
     def _pop_pixels(self, coder, rows: torch.Tensor) -> np.ndarray:
         if not self.split_zero:
-            return coder.decode(self.pixel_model, self._value_frequencies(rows))
-        flags = coder.decode(self.pixel_model, self._zero_frequencies(rows))
+            return coder.decode(self.categorical, self._value_frequencies(rows))
+        flags = coder.decode(self.categorical, self._zero_frequencies(rows))
         values = np.zeros(len(rows), dtype=np.int32)
         nonzero = flags == 0
         index = torch.from_numpy(np.flatnonzero(nonzero))
         if len(index):
             values[nonzero] = 1 + coder.decode(
-                self.pixel_model, self._value_frequencies(rows[index])
+                self.categorical, self._value_frequencies(rows[index])
             )
         return values
 
@@ -269,9 +303,10 @@ class BitsBackCodec:
         for part in self._batches(count):
             x = images[part]
             n = len(x)
-            z = coder.decode(self.latent_model, *self._posterior(x))  # bits back
+            low, posterior = self._posterior(x)
+            z = low + coder.decode(self.categorical, posterior)  # bits back
             self._push_pixels(coder, x, self._pixel_rows(z, n))
-            coder.encode_reverse(z, self.latent_model, *self._prior(len(z)))
+            coder.encode_reverse((z + GRID).astype(np.int32), self.prior)
         header = Header(
             self.model_sha256, count, height, width, self.levels, self.batch, LATENT_BITS,
             pixels_digest(images),
@@ -300,10 +335,13 @@ class BitsBackCodec:
         try:
             for part in reversed(self._batches(header.count)):
                 n = part.stop - part.start
-                z = coder.decode(self.latent_model, *self._prior(n * latent_dim))
+                z = coder.decode(self.prior, n * latent_dim) - GRID
                 x = self._pop_pixels(coder, self._pixel_rows(z, n))
                 images[part] = x.reshape(n, h, w)
-                coder.encode_reverse(z, self.latent_model, *self._posterior(images[part]))
+                low, posterior = self._posterior(images[part])
+                if not np.all((z >= low) & (z < low + posterior.shape[1])):
+                    raise ValueError("a latent outside its posterior's window")
+                coder.encode_reverse((z - low).astype(np.int32), self.categorical, posterior)
         except (ValueError, RuntimeError) as error:  # constriction's word on invalid data
             raise CodecError(f"the coder words are damaged ({error})") from None
         if not np.array_equal(coder.get_compressed(), self._startup_words()) or (
@@ -315,6 +353,11 @@ class BitsBackCodec:
                 "wrote it)"
             )
         return images
+
+
+def _floats(frequencies: torch.Tensor) -> np.ndarray:
+    """Integer frequencies (below 2^53) as the float64 array constriction takes: exact."""
+    return np.ascontiguousarray(frequencies.numpy(), dtype=np.float64)
 
 
 def no_codec_reason(loss: str, binary: bool) -> str | None:

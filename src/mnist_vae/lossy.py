@@ -29,18 +29,21 @@ Two layouts, both measured by their bytes:
   1 or 2, the rate level in its ``latent_bits`` byte, a checksum of the codes) and one ANS
   stream holding every code;
 * **one stream per image** (``compress_each``/``decompress_each``): ``STREAM_HEADER`` = 3
-  bytes (one holding the bits ``101``, the entropy model in bit 4 and the rate level in the
-  low four bits; then the first two bytes of the weights' sha256) and the image's code in
-  a prefix (Huffman) code per dimension, built by ``constriction`` from the same
-  probabilities, in as few whole bytes as it needs: ANS would end each image with about
-  2.8 bytes of coder state, a prefix code loses a fraction of a bit per dimension.
+  bytes (one holding the bits ``110`` (``101`` in format version 1), the entropy model in
+  bit 4 and the rate level in the low four bits; then the first two bytes of the weights'
+  sha256) and the image's code in a prefix (Huffman) code per dimension, built by
+  ``constriction`` from the same probabilities, in as few whole bytes as it needs: ANS
+  would end each image with about 2.8 bytes of coder state, a prefix code loses a
+  fraction of a bit per dimension.
   A stream decodes alone; it has no checksum (it would cost more than the code), so a
   damaged one is caught only when its bytes are not exactly one code's, and a model whose
   sha256 shares the first two bytes is not told apart.
 
-The entropy model is computed from the weights in float64, in both directions by the same
-code: like the lossless codec, a stream decodes with the same model on the torch version
-and CPU family that wrote it (the CPU kernels pinned, see :mod:`.environment`).
+The entropy model never comes from the network: its probabilities are the mixture's (or
+the prior's) numbers rounded to fixed point and integrated over the cells in integer
+arithmetic (:func:`integer_masses`, the normal CDF from :mod:`.fixed_point`'s table), so
+the codes decode the same on every platform (:mod:`.portability`). The picture a code
+decodes to is the float decoder's, rounded to 8 bits.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from .codec import (
     weights_sha256,
 )
 from .errors import CodecError
+from .fixed_point import tables
 from .model import ConvVAE, load_model
 from .params import MAX_RATE, LossyParams
 
@@ -74,14 +78,17 @@ DEFAULT_RATE = LossyParams().rate
 ENTROPY_MODELS = {"mixture": LOSSY_MIXTURE, "prior": LOSSY_PRIOR}
 _STREAM = struct.Struct("<B2s")
 STREAM_HEADER = _STREAM.size
-_STREAM_MAGIC, _MAGIC_BITS, _PRIOR_FLAG, _RATE_BITS = 0xA0, 0xE0, 0x10, 0x0F
+_STREAM_MAGIC, _MAGIC_BITS, _PRIOR_FLAG, _RATE_BITS = 0xC0, 0xE0, 0x10, 0x0F
+_STREAM_MAGIC_V1 = 0xA0  # format version 1 (before portable decoding): refused
 AVERAGED_BELOW = 4  # the rate levels whose codes decode to an average of images
 
 
 def step(rate: int) -> float:
-    """The grid step of a rate level, in prior standard deviations."""
+    """The grid step of a rate level, in prior standard deviations: ``2^(1 - rate/2)``,
+    computed with correctly rounded operations only (a power of two, a square root), so
+    the same on every platform."""
     check_rate(rate)
-    return 2.0 ** (1 - rate / 2)
+    return 2.0 ** (1 - rate // 2) / (math.sqrt(2.0) if rate % 2 else 1.0)
 
 
 def points_per_code(rate: int) -> int:
@@ -109,6 +116,37 @@ def _ndtr(x: np.ndarray) -> np.ndarray:
 
 def _ndtri(p: np.ndarray) -> np.ndarray:
     return torch.special.ndtri(torch.from_numpy(p)).numpy()
+
+
+def integer_masses(
+    weights: np.ndarray, means: np.ndarray, stds: np.ndarray, edges: np.ndarray
+) -> np.ndarray:
+    """What the coder sees: each dimension's marginal mass in each cell ``[dims, cells]``,
+    in integer arithmetic (:mod:`.fixed_point`), the same on every platform. The mixture's
+    numbers are rounded to fixed point first (weights at 2^-20, means, stds and the finite
+    edges at 2^-16), each component's CDF at the edges comes from the normal table; the
+    result is exact integers as float64 (below 2^51)."""
+    w = torch.from_numpy(np.rint(np.asarray(weights, np.float64) * 2.0**20)).long()
+    m = torch.from_numpy(np.rint(np.asarray(means, np.float64) * 2.0**16)).long()
+    s = torch.from_numpy(np.rint(np.asarray(stds, np.float64) * 2.0**16)).long().clamp(min=1)
+    inner = torch.from_numpy(np.rint(edges[1:-1] * 2.0**16)).long()
+    t = ((inner - m[..., None]) << 20) // s[..., None]  # [K, dims, cells - 1] at 2^-20
+    cdf = tables()["normal_cdf"](t, 20)
+    cdf = torch.cat(
+        [torch.zeros_like(cdf[..., :1]), cdf, torch.full_like(cdf[..., :1], 1 << 30)], -1
+    )
+    mass = (w[:, None, None] * torch.diff(cdf, dim=-1)).sum(0)
+    return mass.double().numpy()
+
+
+def exact_stds(scale_tril: torch.Tensor) -> np.ndarray:
+    """The standard deviations ``sqrt(diag(L L^T))`` of Gaussians given by Cholesky factors
+    ``[K, d, d]``, in integer arithmetic (the factors rounded to 2^-16, an exact integer
+    square root): the same on every platform."""
+    fixed = torch.round(scale_tril.double() * 2.0**16).long()
+    squares = (fixed * fixed).sum(-1).flatten().tolist()
+    roots = [math.isqrt(v) for v in squares]
+    return np.array(roots, np.float64).reshape(scale_tril.shape[:-1]) / 2.0**16
 
 
 class _Mixture(NamedTuple):
@@ -157,7 +195,7 @@ class FactorizedCoder:
         edges[0], edges[-1] = -np.inf, np.inf
         t = (edges - means[..., None]) / stds[..., None]  # [K, dims, cells + 1]
         cdf = _ndtr(t)
-        mass = np.einsum("k,kdc->dc", weights, np.diff(cdf, axis=-1))
+        mass = np.einsum("k,kdc->dc", weights, np.diff(cdf, axis=-1))  # for the centroids
         # the integral of z N(z; m, s) over a cell: m (its mass) - s (the density's change)
         first = means[..., None] * np.diff(cdf, axis=-1) - stds[..., None] * np.diff(
             np.exp(-0.5 * np.square(t)) / math.sqrt(2 * math.pi), axis=-1
@@ -168,7 +206,7 @@ class FactorizedCoder:
             tiny, centres, np.einsum("k,kdc->dc", weights, first) / np.where(tiny, 1.0, mass)
         )
         mixture = _Mixture(np.log(weights), means, stds, edges, cdf)
-        return cls(np.maximum(mass, 0.0), centroids, mixture)
+        return cls(integer_masses(weights, means, stds, edges), centroids, mixture)
 
     def points(self, codes: np.ndarray, count: int) -> np.ndarray:
         """``count`` points ``[n, count, dims]`` in each code's cell, spread by the mixture
@@ -319,10 +357,7 @@ class LossyCodec:
             if setting.entropy == "mixture":
                 weights = self.model.sampler_weights.double().numpy()
                 means = self.model.sampler_means.double().numpy()
-                tril = self.model.sampler_scale_tril.double()
-                stds = torch.linalg.vector_norm(
-                    tril, dim=-1
-                ).numpy()  # sqrt of the diagonal of L L^T
+                stds = exact_stds(self.model.sampler_scale_tril)
             else:
                 d = self.model.config.latent_dim
                 weights, means, stds = np.ones(1), np.zeros((1, d)), np.ones((1, d))
@@ -428,6 +463,11 @@ class LossyCodec:
     def _read_stream(self, data: bytes) -> tuple[Setting, np.ndarray]:
         if not is_image_stream(data):
             raise CodecError("not an mnist-vae image stream (a lossy stream of one image)")
+        if data[0] & _MAGIC_BITS == _STREAM_MAGIC_V1:
+            raise CodecError(
+                "a one-image stream of format version 1 (before portable decoding: read it with "
+                "mnist-vae 0.1); this mnist-vae reads version 2"
+            )
         flags, model = _STREAM.unpack(data[:STREAM_HEADER])
         check_model(model, self.model_sha256)
         entropy = "prior" if flags & _PRIOR_FLAG else "mixture"
@@ -436,5 +476,6 @@ class LossyCodec:
 
 
 def is_image_stream(data: bytes) -> bool:
-    """Whether ``data`` starts like a one-image stream (a whole-set file starts with ``M``)."""
-    return len(data) >= STREAM_HEADER and data[0] & _MAGIC_BITS == _STREAM_MAGIC
+    """Whether ``data`` starts like a one-image stream, of this format version or the first
+    (a whole-set file starts with ``M``)."""
+    return len(data) >= STREAM_HEADER and data[0] & _MAGIC_BITS in (_STREAM_MAGIC, _STREAM_MAGIC_V1)

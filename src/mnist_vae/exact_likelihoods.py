@@ -1,0 +1,130 @@
+"""The pixel likelihoods in integer arithmetic: the frequencies the lossless coder sees.
+
+:mod:`.likelihoods` defines each distribution in floating point, for training and
+evaluation. Here the same distributions are computed from the
+:class:`~.fixed_point.ExactNetwork`'s integer outputs (rows of ``channels`` int64
+parameters at ``2^-ACTIVATION_BITS`` per pixel) with integer operations and
+:mod:`.fixed_point`'s tables only, so every platform gets the same integers. A table is
+unnormalized (the coder normalizes), int64 below 2^53 (exact as the float64 that
+``constriction`` takes), and may hold zeros: the coder still gives every value a little
+probability, so no image is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .fixed_point import (
+    ACTIVATION_BITS,
+    PROBABILITY_BITS,
+    SCALE_RANGE,
+    SIGMOID_RANGE,
+    log_fixed,
+    tables,
+)
+from .likelihoods import _MIN_CONCENTRATION, _MIN_LOG_SCALE, LEVELS, MIXTURE
+
+ARGUMENT_BITS = 20  # the tables' arguments are at 2^-20
+WEIGHT_BITS = 16  # a mixture's weights are integers out of about 2^16
+
+
+def _bernoulli(rows: torch.Tensor) -> torch.Tensor:
+    """p(0), p(1) from the logit: the sigmoid table at -l and l."""
+    sigmoid = tables()["sigmoid"]
+    u = rows << (ARGUMENT_BITS - ACTIVATION_BITS)
+    return torch.cat([sigmoid(-u, ARGUMENT_BITS), sigmoid(u, ARGUMENT_BITS)], dim=-1)
+
+
+def _beta_binomial(rows: torch.Tensor) -> torch.Tensor:
+    """By the ratio of neighbours, p(k+1) / p(k) = (n-k)(k+a) / ((k+1)(n-1-k+b)), summed in
+    the log domain (the log table), p(k) from the exp table after the largest is
+    subtracted. The concentrations a, b are softplus of the parameters (the softplus table,
+    linear beyond it) plus the float likelihood's minimum."""
+    u = rows << (ARGUMENT_BITS - ACTIVATION_BITS)
+    linear = u << (PROBABILITY_BITS - ARGUMENT_BITS)
+    softplus = torch.where(
+        u > (SIGMOID_RANGE << ARGUMENT_BITS), linear, tables()["softplus"](u, ARGUMENT_BITS)
+    )
+    concentration = softplus + round(_MIN_CONCENTRATION * 2**PROBABILITY_BITS)  # at 2^-30
+    a, b = concentration[:, :1], concentration[:, 1:]
+    n, bits = LEVELS - 1, PROBABILITY_BITS
+    k = torch.arange(n, dtype=torch.int64, device=rows.device) << bits
+    counts = log_fixed((n << bits) - k, bits, ARGUMENT_BITS) - log_fixed(
+        k + (1 << bits), bits, ARGUMENT_BITS
+    )  # log((n - k) / (k + 1)), the same for every pixel
+    steps = (
+        log_fixed(k + a, bits, ARGUMENT_BITS)
+        - log_fixed(((n - 1) << bits) - k + b, bits, ARGUMENT_BITS)
+        + counts
+    )
+    log_p = torch.cat([torch.zeros_like(a), steps.cumsum(-1)], dim=-1)
+    return tables()["exp_neg"](log_p.amax(-1, keepdim=True) - log_p, ARGUMENT_BITS)
+
+
+def _inner_edges(device: torch.device | str) -> torch.Tensor:
+    """The 255 inner bin edges ``(2k + 1) / 255 - 1`` in [-1, 1] units, rounded to
+    ``2^-ACTIVATION_BITS`` in integer arithmetic."""
+    k = torch.arange(LEVELS - 1, dtype=torch.int64, device=device)
+    numerator = (2 * k + 1 - (LEVELS - 1)) << ACTIVATION_BITS
+    return (2 * numerator + (LEVELS - 1)) // (2 * (LEVELS - 1))
+
+
+def _mixture_cdf(rows: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The logistic mixture's CDF at ``edges`` (int64 in [-1, 1] units at
+    ``2^-ACTIVATION_BITS``), ``[M, len(edges) + 1]``, the last column the CDF at infinity
+    (the total): the weights from the exp table, each logistic's CDF from the sigmoid
+    table; means clamped to +-8, log-scales to [-7, 7] (the float likelihood's floor; a
+    logistic wider than e^7 is flat over the 256 levels either way)."""
+    logits, means, log_scales = rows.split(MIXTURE, dim=1)
+    t = tables()
+    e = t["exp_neg"](logits.amax(1, keepdim=True) - logits, ACTIVATION_BITS)
+    weights = (e << WEIGHT_BITS) // e.sum(1, keepdim=True)
+    means = means.clamp(-8 << ACTIVATION_BITS, 8 << ACTIVATION_BITS)
+    log_scales = log_scales.clamp(
+        int(_MIN_LOG_SCALE) << ACTIVATION_BITS, SCALE_RANGE << ACTIVATION_BITS
+    )
+    inv_scales = t["exp"](-log_scales, ACTIVATION_BITS) >> 4  # at 2^-20
+    cdf = torch.zeros(len(rows), len(edges) + 1, dtype=torch.int64, device=rows.device)
+    shift = 2 * ACTIVATION_BITS + 4 - ARGUMENT_BITS
+    for j in range(MIXTURE):  # [M, E] at a time: a server's memory stays flat
+        u = (edges - means[:, j : j + 1]).mul_(inv_scales[:, j : j + 1])  # below 2^50
+        sigmoid = t["sigmoid"](u.bitwise_right_shift_(shift), ARGUMENT_BITS)
+        cdf[:, :-1].add_(sigmoid.mul_(weights[:, j : j + 1]))
+    cdf[:, -1] = weights.sum(1) << PROBABILITY_BITS
+    return cdf
+
+
+def _logistic_mixture(rows: torch.Tensor) -> torch.Tensor:
+    cdf = _mixture_cdf(rows, _inner_edges(rows.device))
+    return torch.diff(cdf, dim=1, prepend=torch.zeros_like(cdf[:, :1]))
+
+
+def _logistic_mixture_zero(rows: torch.Tensor) -> torch.Tensor:
+    cdf = _mixture_cdf(rows, _inner_edges(rows.device)[:1])  # only the edge of bin 0
+    return torch.stack([cdf[:, 1] - cdf[:, 0], cdf[:, 0]], dim=1)
+
+
+_TABLES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "bce": _bernoulli,
+    "beta_binomial": _beta_binomial,
+    "logistic_mixture": _logistic_mixture,
+}
+_ZERO_SPLITS = {"logistic_mixture": _logistic_mixture_zero}
+
+
+def frequencies(loss: str, rows: torch.Tensor) -> torch.Tensor:
+    """The integer probability of every value of each pixel row, ``[M, levels]``, for the
+    likelihood of ``train.loss`` ``loss``."""
+    return _TABLES[loss](rows)
+
+
+def zero_frequencies(loss: str, rows: torch.Tensor) -> torch.Tensor:
+    """Integer probabilities of (not 0, 0) per pixel row, ``[M, 2]``: most MNIST pixels are
+    0, so the coder sends that first and needs the full table only for the others. The
+    logistic mixture computes it from one CDF value; others sum their full table."""
+    if loss in _ZERO_SPLITS:
+        return _ZERO_SPLITS[loss](rows)
+    table = frequencies(loss, rows)
+    return torch.stack([table[:, 1:].sum(1), table[:, 0]], dim=1)
