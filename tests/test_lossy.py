@@ -146,6 +146,19 @@ def test_damaged_streams_are_one_clear_error(codec, test_digits):
             codec.decompress_each([damaged])
 
 
+def test_streams_of_format_version_1_are_refused_with_one_line(codec, test_digits):
+    """Written before portable decoding (the entropy model was floating point then): the
+    whole-set header says version 1, a one-image stream starts with the bits 101."""
+    data = bytearray(codec.compress(test_digits[:5]))
+    data[4] = 1
+    with pytest.raises(CodecError, match=r"^format version 1 \(before portable decoding"):
+        codec.decompress(bytes(data))
+    stream = bytearray(codec.compress_each(test_digits[:1])[0])
+    stream[0] = 0xA0 | (stream[0] & 0x1F)  # the version-1 bits, the same level and model
+    with pytest.raises(CodecError, match="one-image stream of format version 1"):
+        codec.decompress_each([bytes(stream)])
+
+
 def test_bad_images_and_rates_are_refused(codec, test_digits):
     with pytest.raises(CodecError, match="N x 28 x 28"):
         codec.compress(test_digits[:, :27])

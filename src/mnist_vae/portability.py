@@ -9,11 +9,13 @@ picture is the floating-point decoder's, rounded to 8 bits, compared with the pi
 where it was written (a pixel whose value falls within the kernels' rounding of a half
 grey level may come out one level apart).
 
-    python -m mnist_vae.portability --model data/model --limit 500
+    python -m mnist_vae.portability --model data/model --limit 500 \
+        [--python "torch 2.13.0=/path/to/other/venv/bin/python"]
 
 What one machine can emulate: the kernels pinned at AVX2 (the package's default) or
 native (AVX-512 where the CPU has it), ATen's scalar kernels, oneDNN capped at SSE4.1,
-1, 2 and 4 threads, one core. The network batch is checked by the unit tests.
+1, 2 and 4 threads, one core; ``--python`` adds another interpreter (another torch
+version, say). The network batch is checked by the unit tests.
 """
 
 from __future__ import annotations
@@ -62,31 +64,35 @@ import json, os, sys, torch
 from mnist_vae.cli import main
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 codes = [main(argv) for argv in json.loads(sys.argv[1])]
-print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(),
-                  "threads": torch.get_num_threads(), "codes": codes}))
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "capability": torch.backends.cpu.get_cpu_capability(), "codes": codes}))
 """
 
 
 def environment(setting: str) -> dict[str, str]:
     """The process environment for ``setting``: this one's, less every kernel and thread
-    choice (including those the package's pin made here), plus the setting's."""
+    choice (including those the package's pin made here), plus the setting's (another
+    interpreter's runs as the first writer's)."""
     env = dict(os.environ)
     for name in (*PINNED_KERNELS, SET_BY_PIN, NATIVE_SWITCH, "OMP_NUM_THREADS"):
         env.pop(name, None)
-    return {**env, **SETTINGS[setting]}
+    return {**env, **SETTINGS.get(setting, SETTINGS[WRITERS[0]])}
 
 
-def _command(setting: str, args: list[str]) -> list[str]:
+def _command(setting: str, python: str, args: list[str]) -> list[str]:
     """The command line: ``taskset -c 0`` in front for the one-core setting."""
     prefix = ["taskset", "-c", "0"] if setting == ONE_CORE and shutil.which("taskset") else []
-    return [*prefix, sys.executable, *args]
+    return [*prefix, python, *args]
 
 
-def _run(setting: str, commands: list[list[str]]) -> tuple[dict, list[str]]:
+def _run(
+    setting: str, commands: list[list[str]], python: str = sys.executable
+) -> tuple[dict, list[str]]:
     """``mnist-vae`` commands in one new process under ``setting``: what it reported (the
-    exit codes, the CPU capability, the threads) and its error lines."""
+    exit codes, torch's version, the threads, the CPU capability) and its error lines."""
     done = subprocess.run(
-        _command(setting, ["-c", _RUNNER, json.dumps(commands)]), env=environment(setting),
+        _command(setting, python, ["-c", _RUNNER, json.dumps(commands)]),
+        env=environment(setting),
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     if done.returncode:
@@ -99,10 +105,14 @@ def _read_folder(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))])
 
 
-def matrix(model: str | Path, images: np.ndarray, work: Path) -> pd.DataFrame:
+def matrix(
+    model: str | Path, images: np.ndarray, work: Path, interpreters: dict[str, str] | None = None
+) -> pd.DataFrame:
     """Write each mode's file under each of ``WRITERS``, decode every file under every
-    setting: one row per (file, setting) with the outcome (``exact``, ``N pixels differ``
-    or the refusal's line) and what the decoding process ran on."""
+    setting, and under each of ``interpreters`` (a label and a Python that has mnist-vae
+    installed, another torch for instance): one row per (file, setting) with the outcome
+    (``exact``, ``N pixels differ`` or the refusal's line) and what the decoding process
+    ran on."""
     inputs = work / "images"
     inputs.mkdir(parents=True)
     paths = [inputs / f"{i:05d}.png" for i in range(len(images))]
@@ -120,19 +130,20 @@ def matrix(model: str | Path, images: np.ndarray, work: Path) -> pd.DataFrame:
         if any(report["codes"]):
             raise RuntimeError(f"compress under {writer!r} failed: {errors}")
     rows, decoded = [], {}
-    for setting in SETTINGS:
+    readers = {setting: sys.executable for setting in SETTINGS} | (interpreters or {})
+    for setting, python in readers.items():
         outs = [work / "out" / setting / path.stem for path in files.values()]
         report, errors = _run(setting, [
             ["decompress", str(path), "-o", str(out), "--model", str(model)]
             for path, out in zip(files.values(), outs, strict=True)
-        ])  # fmt: skip
+        ], python)  # fmt: skip
         lines = iter(errors)
         for (mode, writer), out, code in zip(files, outs, report["codes"], strict=True):
             got = _read_folder(out) if code == 0 else next(lines, "refused")
             decoded[(mode, writer, setting)] = got
             rows.append({"file": f"{mode}, written {writer}", "decoded": setting,
-                         "capability": report["capability"], "threads": report["threads"],
-                         "_got": got})  # fmt: skip
+                         "torch": report["torch"], "capability": report["capability"],
+                         "threads": report["threads"], "_got": got})  # fmt: skip
     for row, key in zip(rows, decoded, strict=True):
         mode, writer, _ = key
         expected = images if mode == "lossless" else decoded[(mode, writer, writer)]
@@ -155,13 +166,18 @@ def main() -> None:
     parser.add_argument("--model", default="data/model", help="a model folder")
     parser.add_argument("--limit", type=int, default=500, help="the first N test images")
     parser.add_argument("--data", default="data/mnist", help="the MNIST folder")
+    parser.add_argument(
+        "--python", action="append", default=[], metavar="LABEL=PATH",
+        help="also decode with another Python that has mnist-vae installed (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
+    interpreters = dict(spec.split("=", 1) for spec in args.python)
     from .data import load_test_images, to_symbols
 
     grey, _ = load_test_images(Path(args.data), args.limit, "none")
     images = to_symbols(grey, 256).numpy().astype(np.uint8)
     with tempfile.TemporaryDirectory() as work:
-        table = matrix(args.model, images, Path(work))
+        table = matrix(args.model, images, Path(work), interpreters)
     print(table.to_string(index=False))
     lossless = table["file"].str.startswith("lossless")
     for name, part in (("lossless", table[lossless]), ("lossy", table[~lossless])):
