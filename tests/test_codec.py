@@ -131,6 +131,19 @@ def test_damaged_streams_are_one_clear_error_never_wrong_images(codec, digits):
             codec.decompress(damaged)
 
 
+def test_a_header_claiming_a_billion_images_is_refused_without_allocating_them(codec, digits):
+    """Images are kept only as they decode: the garbage a false count leads to is caught
+    in the first groups, long before memory for 10^9 images would be asked for."""
+    data = codec.compress(digits[:5])
+    header, _ = Header.unpack(data)
+    lying = Header(
+        header.model_sha256, 10**9, 28, 28, header.levels, header.batch, header.latent_bits,
+        header.checksum,
+    ).pack() + data[HEADER_BYTES:]  # fmt: skip
+    with pytest.raises(CodecError, match="damaged"):
+        codec.decompress(lying)
+
+
 def test_the_header_reads_back():
     header = Header(b"m" * 32, 10_000, 28, 28, 256, 100, 8, b"p" * 8)
     packed = header.pack()

@@ -146,6 +146,16 @@ def test_damaged_streams_are_one_clear_error(codec, test_digits):
             codec.decompress_each([damaged])
 
 
+def test_a_count_the_codes_cannot_hold_is_refused_before_decoding(codec, test_digits):
+    data = codec.compress(test_digits[:50])
+    lying = data[:38] + (10**9).to_bytes(4, "little") + data[42:]  # the image count
+    with pytest.raises(CodecError, match="claims 1,000,000,000 images, more than"):
+        codec.decompress(lying)
+    assert np.array_equal(
+        codec.decompress(data), codec.decompress(codec.compress(test_digits[:50]))
+    )
+
+
 def test_streams_of_format_version_1_are_refused_with_one_line(codec, test_digits):
     """Written before portable decoding (the entropy model was floating point then): the
     whole-set header says version 1, a one-image stream starts with the bits 101."""

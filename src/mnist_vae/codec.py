@@ -56,9 +56,9 @@ offset  size     field
 from __future__ import annotations
 
 import hashlib
-import itertools
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,17 +267,6 @@ class BitsBackCodec:
             )
         return values
 
-    def _batches(self, count: int) -> list[slice]:
-        """Batches that grow from one image, doubling up to ``batch``: a batch's latent pops
-        read bits that the images before it pushed, so a first batch of 100 would read from
-        an almost empty stack (decoding garbage latents that then cost their images dearly;
-        still lossless, only larger). The sizes depend on the count alone."""
-        edges, size = [0], 1
-        while edges[-1] < count:
-            edges.append(min(count, edges[-1] + size))
-            size = min(2 * size, self.batch)
-        return [slice(a, b) for a, b in itertools.pairwise(edges)]
-
     def _startup_words(self) -> np.ndarray:
         """Fixed words for the first image's latent pops (more than the largest they need)."""
         latent_dim = self.model.config.latent_dim
@@ -300,7 +289,7 @@ class BitsBackCodec:
             _, h, w = self.model.image_shape
             raise CodecError(f"this model codes {h} x {w} images; got {height} x {width}")
         coder = constriction.stream.stack.AnsCoder(self._startup_words())
-        for part in self._batches(count):
+        for part in coding_groups(count, self.batch):
             x = images[part]
             n = len(x)
             low, posterior = self._posterior(x)
@@ -325,34 +314,48 @@ class BitsBackCodec:
                 f"the file holds {header.height} x {header.width} images with {header.levels} "
                 f"values per pixel; this model codes {h} x {w} with {self.levels}"
             )
-        if (header.batch, header.latent_bits) != (self.batch, LATENT_BITS):
-            self.batch = header.batch  # decode exactly as it was encoded
-            if header.latent_bits != LATENT_BITS:
-                raise CodecError(f"latent grid 2^-{header.latent_bits} is not supported")
+        if header.latent_bits != LATENT_BITS:
+            raise CodecError(f"latent grid 2^-{header.latent_bits} is not supported")
         coder = constriction.stream.stack.AnsCoder(words)
-        images = np.empty((header.count, h, w), dtype=np.uint8)
         latent_dim = self.model.config.latent_dim
+        decoded = []  # last group first; memory grows with the images actually decoded
         try:
-            for part in reversed(self._batches(header.count)):
+            for part in coding_groups(header.count, header.batch, reverse=True):
                 n = part.stop - part.start
                 z = coder.decode(self.prior, n * latent_dim) - GRID
-                x = self._pop_pixels(coder, self._pixel_rows(z, n))
-                images[part] = x.reshape(n, h, w)
-                low, posterior = self._posterior(images[part])
+                x = self._pop_pixels(coder, self._pixel_rows(z, n)).reshape(n, h, w)
+                decoded.append(x.astype(np.uint8))
+                low, posterior = self._posterior(decoded[-1])
                 if not np.all((z >= low) & (z < low + posterior.shape[1])):
                     raise ValueError("a latent outside its posterior's window")
                 coder.encode_reverse((z - low).astype(np.int32), self.categorical, posterior)
         except (ValueError, RuntimeError) as error:  # constriction's word on invalid data
             raise CodecError(f"the coder words are damaged ({error})") from None
+        images = np.concatenate(decoded[::-1])
         if not np.array_equal(coder.get_compressed(), self._startup_words()) or (
             pixels_digest(images) != header.checksum
         ):
-            raise CodecError(
-                "the decoded images fail the checksum: the file is damaged, or was written on "
-                "another platform (a stream decodes on the torch version and CPU family that "
-                "wrote it)"
-            )
+            raise CodecError("the decoded images fail the checksum: the file is damaged")
         return images
+
+
+def coding_groups(count: int, largest: int, reverse: bool = False) -> Iterator[slice]:
+    """The coding groups of ``count`` images: sizes 1, 2, 4, ... doubling up to ``largest``,
+    then ``largest`` each. A group's latent pops read bits that the images before it pushed,
+    so a first group of 100 would read from an almost empty stack (decoding garbage latents
+    that then cost their images dearly; still lossless, only larger). ``reverse``: last to
+    first, generated lazily (a header's count allocates nothing before images decode)."""
+    prefix, start, size = [], 0, 1
+    while start < count and size < largest:
+        prefix.append(slice(start, min(count, start + size)))
+        start, size = start + size, 2 * size
+    tail = range(start, count, largest)
+    if reverse:
+        yield from (slice(s, min(count, s + largest)) for s in reversed(tail))
+        yield from reversed(prefix)
+    else:
+        yield from prefix
+        yield from (slice(s, min(count, s + largest)) for s in tail)
 
 
 def _floats(frequencies: torch.Tensor) -> np.ndarray:

@@ -264,6 +264,17 @@ class FactorizedCoder:
         return coder.get_compressed()
 
     def decode(self, words: np.ndarray, count: int) -> np.ndarray:
+        """``count`` codes from the words. A count that the words cannot hold is refused
+        before anything is allocated: every code costs at least the bits of each
+        dimension's likeliest cell (its probability padded by the coder's resolution)."""
+        likeliest = self.probabilities.max(1) / self.probabilities.sum(1)
+        padding = self.probabilities.shape[1] * 2.0**-24
+        bits = -np.log2(np.minimum(1.0, likeliest + padding)).sum()
+        if count * bits > 32 * len(words) + 96:  # the coder's state: up to 64 bits of slack
+            raise CodecError(
+                f"the header claims {count:,} images, more than the file's {4 * len(words):,} "
+                "bytes of codes can hold: the file is damaged"
+            )
         coder = constriction.stream.stack.AnsCoder(words)
         try:
             columns = [coder.decode(model, count) for model in self.models]
