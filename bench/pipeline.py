@@ -1,6 +1,6 @@
 """The pipeline's own figures against the targets: the default run's training time, test
-negative ELBO (97 nats for ``bce``; for the 8-bit likelihoods 1.30 bits per pixel, and the
-compress stage's rate below every baseline's) and peak memory, and how fast `dvc repro`
+negative ELBO (97 nats for ``bce``; for the 8-bit likelihoods 1.20 bits per pixel, and the
+compress stage's rate below every baseline's and 1.20) and peak memory, and how fast `dvc repro`
 returns when nothing changed.
 
 Training time and peak memory (RSS) are what the train stage measured and logged to the
@@ -9,7 +9,7 @@ negative ELBO is the stage's DVC metric. ``--repro`` first runs ``dvc repro --fo
 times the whole pipeline. Then ``dvc repro`` with nothing to do is timed three times.
 
     python bench/pipeline.py              # figures of the last `dvc repro`
-    python bench/pipeline.py --repro      # run the whole pipeline first (about 10 minutes)
+    python bench/pipeline.py --repro      # run the whole pipeline first (about 20 minutes)
 """
 
 from __future__ import annotations
@@ -75,19 +75,19 @@ def main() -> None:
           f"{run.data.params['train.epochs']} epochs\n")  # fmt: skip
 
     results = [
-        check("training time", run.data.metrics["train_seconds"], 600, "s"),
+        check("training time", run.data.metrics["train_seconds"], 720, "s"),
         check("train stage peak memory (RSS)", run.data.metrics["peak_rss_mib"], 2048, "MiB"),
     ]
     if run.data.params["train.loss"] == "bce":
         results.append(check("test negative ELBO", train["test_loss"], 97, "nats"))
     else:  # an 8-bit likelihood: the model is a codec
         bits = bits_per_pixel(train["test_loss"], PIXELS)
-        results.append(check("test negative ELBO", bits, 1.30, "bits/px", 4))
+        results.append(check("test negative ELBO", bits, 1.20, "bits/px", 4))
         codec = json.loads(COMPRESS_METRICS.read_text()) if COMPRESS_METRICS.exists() else {}
         if codec.get("lossless"):
             best = codec["best_baseline_bits_per_pixel"]
-            results.append(check("codec rate (bytes written)", codec["bits_per_pixel"], best,
-                                 "bits/px", 4))  # fmt: skip
+            results.append(check("codec rate (bytes written)", codec["bits_per_pixel"],
+                                 min(best, 1.20), "bits/px", 4))  # fmt: skip
     if EVAL_METRICS.exists():
         iwae = json.loads(EVAL_METRICS.read_text())["iwae_nll"]
         print(f"{'(evaluate: IWAE NLL, for reference)':38s} {iwae:9.2f} nats")

@@ -58,7 +58,8 @@ def main() -> None:
     ):  # fmt: skip
         checkpoint.run_id = mlflow_run.run_id
         config = VAEConfig(params.latent_dim, params.model.arch, likelihood=params.train.loss,
-                           sampler_components=params.model.sampler_components)  # fmt: skip
+                           sampler_components=params.model.sampler_components,
+                           decoder=params.model.decoder)  # fmt: skip
         model = seeded_model(config, params.seed)
         result = fit(model, train_x, test_x, params, plan, on_epoch=mlflow_run.log_epoch,
                      checkpoint=checkpoint, resume=resume)  # fmt: skip

@@ -5,6 +5,7 @@ import torch
 
 from mnist_vae.model import (
     ARCHITECTURES,
+    DECODERS,
     VAEConfig,
     VAEOutput,
     build_model,
@@ -12,7 +13,7 @@ from mnist_vae.model import (
     save_model,
 )
 from mnist_vae.model_folder import CONFIG_FILE
-from mnist_vae.params import ARCH_NAMES
+from mnist_vae.params import ARCH_NAMES, DECODER_NAMES
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -122,6 +123,12 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_the_architectures_are_the_ones_params_yaml_allows():
     assert tuple(ARCHITECTURES) == ARCH_NAMES
+    assert DECODERS == DECODER_NAMES
+
+
+def test_unknown_decoder():
+    with pytest.raises(ValueError, match="unknown decoder 'pixelcnn'"):
+        build_model(VAEConfig(decoder="pixelcnn"))
 
 
 def test_unknown_architecture():

@@ -30,6 +30,15 @@ scalar), the thread count, the batch, the device or the torch version
 model, damaged bytes) ends in :class:`~.errors.CodecError`, never in wrong images: the
 header carries the weights' sha256 and a checksum of the original pixels.
 
+**An autoregressive model** (:mod:`.autoregressive`) gives each pixel's distribution from
+z and the pixels above and to its left. Compression knows every pixel, so it computes all
+of a group's parameters at once and pushes the pixels position by position, the last
+first; decompression pops position 0 of every image in the group, then position 1 with
+what position 0 gave, and so on: 784 steps per group, each over all of its images. The
+pixel head runs in integers like the rest, and a position's integers are the same
+whether computed with the whole image or a step at a time (the sums are exact), so the
+two sides agree. Its groups are larger (``AUTOREGRESSIVE_BATCH``): fewer steps.
+
 Images are coded in groups that grow from one image, doubling up to the header's group
 size: a group's latents are popped before its pixels are pushed, so the grouping is part
 of the stream; the network computes the same integers however it is batched.
@@ -40,7 +49,7 @@ The file format (all integers little-endian):
 offset  size     field
 ======  =======  =========================================================
 0       4        magic ``MVAE``
-4       1        format version (2; 1 was the floating-point codec, refused)
+4       1        format version (3; 2 is read too; 1 was the floating-point codec, refused)
 5       1        mode (0: lossless bits-back; 1, 2: lossy, see :mod:`.lossy`)
 6       32       sha256 of the model's weights file
 38      4        number of images
@@ -67,16 +76,20 @@ import numpy as np
 import torch
 
 from . import exact_likelihoods
+from .autoregressive import CONTEXT_SCALE
 from .errors import CodecError
 from .fixed_point import ACTIVATION_BITS, PROBABILITY_BITS, ExactNetwork, tables
-from .likelihoods import likelihood, pixel_rows
+from .likelihoods import LEVELS, likelihood, pixel_rows
 from .model import ConvVAE, load_model
 from .model_folder import WEIGHTS_FILE
 
 MAGIC = b"MVAE"
-VERSION = 2
+VERSION = 3
 """1: probabilities from the floating-point network (decoded only where written); 2: from
-integer arithmetic (:mod:`.fixed_point`), the same on every platform"""
+integer arithmetic (:mod:`.fixed_point`), the same on every platform; 3: also written by
+autoregressive models (the pixels position by position). A factorized model's version-3
+stream is laid out as version 2 was, so version 2 is read too."""
+READABLE = (2, 3)
 LOSSLESS = 0
 LOSSY_MIXTURE = 1  # the quantized code under the fitted mixture's marginals (lossy.py)
 LOSSY_PRIOR = 2  # the quantized code under the prior N(0, I)
@@ -86,7 +99,13 @@ LATENT_RANGE = 8  # the grid covers +-8 prior standard deviations
 GRID = LATENT_RANGE << LATENT_BITS  # grid points -GRID..GRID
 POSTERIOR_WIDTH = 7  # a posterior's window: +-7 of its standard deviations (2.6e-12 outside)
 LOG_VARIANCE = (-14, 2)  # a posterior's log-variance is clamped to this range
-BATCH = 100  # images per network pass
+BATCH = 100  # images per coding group (and network pass)
+AUTOREGRESSIVE_BATCH = 500
+"""an autoregressive model decodes a group's images a position at a time, 784 steps per
+group: larger groups make fewer steps"""
+CONTEXT_UNIT = (1 << ACTIVATION_BITS) // CONTEXT_SCALE
+"""grey level ``k`` enters the pixel head's context as ``k / 256``: ``k * CONTEXT_UNIT`` at
+``2^-ACTIVATION_BITS``"""
 _HEADER = struct.Struct("<4sBB32sIHHHHB8s")
 HEADER_BYTES = _HEADER.size
 
@@ -123,10 +142,11 @@ class Header:
         _, version, mode, model, count, h, w, levels, batch, bits, pixels = _HEADER.unpack(
             data[:HEADER_BYTES]
         )
-        if version != VERSION:
+        if version not in READABLE:
             old = " (before portable decoding: read it with mnist-vae 0.1)" if version == 1 else ""
             raise CodecError(
-                f"format version {version}{old}; this mnist-vae reads version {VERSION}"
+                f"format version {version}{old}; this mnist-vae reads versions "
+                f"{' and '.join(map(str, READABLE))}"
             )
         if mode not in MODES:
             raise CodecError(f"unknown coding mode {mode} (damaged file?)")
@@ -178,15 +198,18 @@ def gaussian_bins(
 class BitsBackCodec:
     """Lossless coding of ``uint8`` images ``[N, H, W]`` with values ``0..levels-1``."""
 
-    def __init__(self, model: ConvVAE, loss: str, model_sha256: bytes, batch: int = BATCH) -> None:
+    def __init__(
+        self, model: ConvVAE, loss: str, model_sha256: bytes, batch: int | None = None
+    ) -> None:
         self.model = model.eval()
+        self.head = model.pixel_head
         self.loss = loss
         self.levels = likelihood(loss).levels
         if self.levels is None:
             raise CodecError(f"a model trained with train.loss {loss!r} cannot code pixels")
         self.split_zero = self.levels > 2  # 8-bit pixels: "is it 0?" first, then the value
         self.model_sha256 = model_sha256
-        self.batch = batch
+        self.batch = batch or (BATCH if self.head is None else AUTOREGRESSIVE_BATCH)
         self.network = ExactNetwork(model)
         self.categorical = constriction.stream.model.Categorical(perfect=False)
         prior = gaussian_bins(
@@ -196,7 +219,7 @@ class BitsBackCodec:
         self.prior = constriction.stream.model.Categorical(_floats(prior[0]), perfect=False)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, batch: int = BATCH) -> BitsBackCodec:
+    def from_folder(cls, folder: str | Path, batch: int | None = None) -> BitsBackCodec:
         """The codec of a model folder: its likelihood, and its weights' sha256 for the header."""
         model = load_model(folder)
         return cls(model, model.config.likelihood, weights_sha256(folder), batch)
@@ -222,11 +245,50 @@ class BitsBackCodec:
         low = (centre - width // 2).clamp(-GRID, GRID - width + 1)
         return low.numpy(), _floats(gaussian_bins(grid_mean, inv_std, low, width))
 
-    def _pixel_rows(self, z: np.ndarray, count: int) -> torch.Tensor:
-        """The decoder's integer parameters for the images of grid latents ``z``, one row per
-        pixel."""
+    def _decoded(self, z: np.ndarray, count: int) -> torch.Tensor:
+        """The exact decoder's output for grid latents ``z``: the parameters of every pixel
+        (factorized) or the features the pixel head reads (autoregressive)."""
         latent = torch.from_numpy(z.astype(np.int64)).view(count, -1)
-        return pixel_rows(self.network.decode(latent, LATENT_BITS))
+        return self.network.decode(latent, LATENT_BITS)
+
+    def _context_canvas(self, images: np.ndarray) -> torch.Tensor:
+        """Images' pixels as the pixel head's integer context reads them (grey level ``k``
+        as ``k / 256`` at ``2^-ACTIVATION_BITS``; a binary pixel as 0 or 255)."""
+        grey = torch.from_numpy(images.astype(np.int64)) * ((LEVELS - 1) // (self.levels - 1))
+        return self.head.canvas(grey.unsqueeze(1) * CONTEXT_UNIT)
+
+    def _push_image_pixels(self, coder, x: np.ndarray, decoded: torch.Tensor) -> None:
+        """Push a group's pixels. Factorized: all at once. Autoregressive: the parameters of
+        every pixel at once (the true pixels are the context), pushed position by position
+        from the last, so that decoding pops position 0 of every image first."""
+        if self.head is None:
+            self._push_pixels(coder, x, pixel_rows(decoded))
+            return
+        n = len(x)
+        context = self.head.context(self._context_canvas(x))  # [n, H * W, context]
+        rows = torch.cat([decoded.flatten(2).transpose(1, 2), context], 2)
+        parameters = self.network.pixel_parameters(rows.transpose(0, 1).flatten(0, 1))
+        by_position = x.reshape(n, -1).T
+        for position in reversed(range(len(by_position))):
+            rows = parameters[position * n : (position + 1) * n]
+            self._push_pixels(coder, by_position[position], rows)
+
+    def _pop_image_pixels(self, coder, decoded: torch.Tensor, shape: tuple) -> np.ndarray:
+        """Pop a group's pixels, ``[n, H, W]``; autoregressive: position by position, each
+        position's parameters from the pixels popped before it."""
+        if self.head is None:
+            return self._pop_pixels(coder, pixel_rows(decoded)).reshape(shape)
+        n = shape[0]
+        features = decoded.flatten(2)
+        canvas = self.head.empty_canvas(n, features)
+        grey = (LEVELS - 1) // (self.levels - 1) * CONTEXT_UNIT
+        image = np.zeros((features.shape[2], n), dtype=np.int32)
+        for position in range(len(image)):
+            context = self.head.context(canvas, position)
+            rows = self.network.pixel_parameters(torch.cat([features[:, :, position], context], 1))
+            image[position] = self._pop_pixels(coder, rows)
+            self.head.set_pixel(canvas, position, torch.from_numpy(image[position] * grey))
+        return image.T.reshape(shape)
 
     def _zero_frequencies(self, rows: torch.Tensor) -> np.ndarray:
         """Frequencies of (not 0, 0) for each pixel: the first symbol of an 8-bit pixel.
@@ -294,7 +356,7 @@ class BitsBackCodec:
             n = len(x)
             low, posterior = self._posterior(x)
             z = low + coder.decode(self.categorical, posterior)  # bits back
-            self._push_pixels(coder, x, self._pixel_rows(z, n))
+            self._push_image_pixels(coder, x, self._decoded(z, n))
             coder.encode_reverse((z + GRID).astype(np.int32), self.prior)
         header = Header(
             self.model_sha256, count, height, width, self.levels, self.batch, LATENT_BITS,
@@ -323,7 +385,7 @@ class BitsBackCodec:
             for part in coding_groups(header.count, header.batch, reverse=True):
                 n = part.stop - part.start
                 z = coder.decode(self.prior, n * latent_dim) - GRID
-                x = self._pop_pixels(coder, self._pixel_rows(z, n)).reshape(n, h, w)
+                x = self._pop_image_pixels(coder, self._decoded(z, n), (n, h, w))
                 decoded.append(x.astype(np.uint8))
                 low, posterior = self._posterior(decoded[-1])
                 if not np.all((z >= low) & (z < low + posterior.shape[1])):

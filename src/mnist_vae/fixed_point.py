@@ -215,6 +215,11 @@ class ExactNetwork:
             _integer_layer(head, ACTIVATION_BITS, ACTIVATION_RANGE << ACTIVATION_BITS, None)
             for head in (model.to_mean, model.to_logvar)
         ]
+        head = getattr(model, "pixel_head", None)
+        self.head = None
+        if head is not None:
+            in_max = float(ACTIVATION_RANGE << ACTIVATION_BITS)
+            self.head = self._chain(head.network, ACTIVATION_BITS, in_max, slope, factor=1.0)
         self.model = model
         self._decoders: dict[int, list] = {}  # one chain per latent grid
 
@@ -253,9 +258,10 @@ class ExactNetwork:
         return mean.long(), logvar.long()
 
     def decode(self, z: torch.Tensor, latent_bits: int) -> torch.Tensor:
-        """The likelihood's parameters ``[N, channels, H, W]`` (int64 at
-        ``2^-ACTIVATION_BITS``) for latents given as integers ``z`` at ``2^-latent_bits``,
-        clamped to +-``LATENT_LIMIT``."""
+        """The decoder's output ``[N, channels, H, W]`` (int64 at ``2^-ACTIVATION_BITS``) for
+        latents given as integers ``z`` at ``2^-latent_bits``, clamped to +-``LATENT_LIMIT``:
+        the likelihood's parameters, or for an autoregressive model the features its pixel
+        head reads (then :meth:`pixel_parameters`)."""
         if latent_bits not in self._decoders:
             self._decoders[latent_bits] = self._chain(
                 self.model.decoder, 0, float(LATENT_LIMIT << latent_bits),
@@ -263,3 +269,12 @@ class ExactNetwork:
             )  # fmt: skip
         limit = LATENT_LIMIT << latent_bits
         return self._run(self._decoders[latent_bits], z.clamp(-limit, limit).double()).long()
+
+    def pixel_parameters(self, rows: torch.Tensor) -> torch.Tensor:
+        """An autoregressive model's pixel head on integer rows of ``features + context``
+        numbers at ``2^-ACTIVATION_BITS`` (:mod:`.autoregressive`): the likelihood's
+        parameters, ``[M, channels]`` int64. The products of a row sum exactly, so a pixel's
+        parameters are the same whether its image is done at once or a position at a time."""
+        if self.head is None:
+            raise ValueError("a factorized model has no pixel head")
+        return self._run(self.head, rows.double()).long()

@@ -91,8 +91,8 @@ def iwae_nll(
         m = min(chunk, k - start)
         eps = torch.randn((n, m, mean.shape[1]), generator=generator, device=x.device)
         z = mean.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)
-        decoded = model.decode(z.flatten(0, 1))
         target = x.unsqueeze(1).expand(n, m, *x.shape[1:]).flatten(0, 1)
+        decoded = model.decode(z.flatten(0, 1), target)
         log_px_z = -reconstruction_error(decoded, target, loss).view(n, m)
         log_w.append(
             log_px_z

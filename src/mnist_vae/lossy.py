@@ -403,6 +403,9 @@ class LossyCodec:
         at the cell's centroid, or below level ``AVERAGED_BELOW`` the average of the mean
         images at :func:`points_per_code` points of the cell."""
         coder, count = self.coder(setting), points_per_code(setting.rate)
+        # Each distinct code once: at the coarse levels many digits share one (and the
+        # autoregressive decoder's pictures take 784 steps per batch).
+        codes, inverse = np.unique(codes, axis=0, return_inverse=True)
         pictures = []
         for start in range(0, len(codes), BATCH * 10 // count):
             part = codes[start : start + BATCH * 10 // count]
@@ -412,7 +415,8 @@ class LossyCodec:
                 z = torch.from_numpy(coder.points(part, count).astype(np.float32)).flatten(0, 1)
             mean = self.model.mean_image(z, exact=False).squeeze(1)
             pictures.append(mean if count == 1 else mean.unflatten(0, (len(part), count)).mean(1))
-        return torch.round(torch.cat(pictures) * 255).clamp_(0, 255).to(torch.uint8).numpy()
+        pictures = torch.round(torch.cat(pictures) * 255).clamp_(0, 255).to(torch.uint8)
+        return pictures.numpy()[inverse.reshape(-1)]
 
     # The whole set -----------------------------------------------------------------------
     def compress(

@@ -48,7 +48,7 @@ def per_image_metrics(
         x = images[index]
         mean, logvar = model.encode(x)
         z = model.reparameterize(mean, logvar, generator)
-        rec = reconstruction_error(model.decode(z), x, loss)
+        rec = reconstruction_error(model.decode(z, x), x, loss)
         kl_dims = kl_per_dimension(mean, logvar)
         kl = kl_dims.sum(1)
         x_hat = model.mean_image(mean)

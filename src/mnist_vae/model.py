@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .autoregressive import PixelHead
 from .likelihoods import Likelihood, likelihood
 from .model_folder import load_module, save_model_folder
 
@@ -62,6 +63,16 @@ class VAEConfig:
     sampler_components: int = 0
     """Gaussians in the mixture that :meth:`ConvVAE.sample` draws latents from, fitted to the
     training set's codes after training (:mod:`.sampler`); 0: the N(0, I) prior"""
+    decoder: str = "factorized"
+    """``factorized``: every pixel's distribution from z alone; ``autoregressive``: also from
+    the pixels above and to its left (:mod:`.autoregressive`)"""
+    head_features: int = 16
+    """autoregressive: channels the decoder hands the pixel head at each pixel"""
+    head_hidden: int = 32
+    """autoregressive: units of the pixel head's two hidden layers"""
+    context_radius: int = 3
+    """autoregressive: the context is the ``r`` rows above and ``r`` pixels left of a pixel,
+    ``2r + 1`` wide (r = 3: 24 pixels)"""
 
 
 def _padding(kernel: int) -> int:
@@ -123,17 +134,29 @@ class ConvVAE(nn.Module):
         if arch.hidden:
             decoder += [nn.Linear(arch.hidden, n_features), act()]
         decoder.append(nn.Unflatten(1, self.feature_shape))
+        autoregressive = config.decoder == "autoregressive"
+        outputs = config.head_features if autoregressive else self.likelihood.channels
         for i in reversed(range(len(arch.layers))):
             _, kernel, stride = arch.layers[i]
             size_in, size_out, pad = sizes[i + 1], sizes[i], _padding(kernel)
             out_pad = size_out - ((size_in - 1) * stride - 2 * pad + kernel)
-            out_ch = channels[i] * (self.likelihood.channels if i == 0 else 1)
+            out_ch = channels[i] * (outputs if i == 0 else 1)
             decoder.append(
                 nn.ConvTranspose2d(channels[i + 1], out_ch, kernel, stride, pad, out_pad)
             )
-            if i > 0:
+            if i > 0 or autoregressive:
                 decoder.append(act())
         self.decoder = nn.Sequential(*decoder)
+        self.pixel_head: PixelHead | None = None
+        if autoregressive:
+            self.pixel_head = PixelHead(
+                config.in_channels * config.head_features,
+                self.likelihood.channels,
+                config.head_hidden,
+                config.context_radius,
+                config.image_size,
+                config.negative_slope,
+            )
 
         k, d = config.sampler_components, config.latent_dim
         if k:  # weights, means and Cholesky factors of the covariances; set by sampler.fit
@@ -151,14 +174,32 @@ class ConvVAE(nn.Module):
         h = self.encoder(x)
         return self.to_mean(h), self.to_logvar(h)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The likelihood's parameters per pixel (``bce``: Bernoulli logits ``[N, C, H, W]``)."""
-        return self.decoder(z)
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The likelihood's parameters per pixel (``bce``: Bernoulli logits ``[N, C, H, W]``).
+        The autoregressive decoder's depend on the pixels before each one: ``x``, the images
+        whose likelihood is wanted, is then required."""
+        out = self.decoder(z)
+        if self.pixel_head is None:
+            return out
+        if x is None:
+            raise ValueError(
+                "the autoregressive decoder's pixel distributions depend on the image: pass x "
+                "(or decode pictures with mean_image)"
+            )
+        return self.pixel_head(out, x)
 
     def mean_image(self, z: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        """The expected image under p(x|z), in [0, 1] (for ``bce``: the pixel probabilities;
-        ``exact=False``: a closed form where the exact mean is a long sum, see likelihoods)."""
-        return self.likelihood.mean(self.decode(z), exact)
+        """The model's picture of ``z``, in [0, 1]: the expected image under p(x|z) (for
+        ``bce``: the pixel probabilities; ``exact=False``: a closed form where the exact mean
+        is a long sum, see likelihoods). For the autoregressive decoder, the picture is built
+        in raster order, each pixel the expected value given ``z`` and the picture so far."""
+        if self.pixel_head is None:
+            return self.likelihood.mean(self.decode(z), exact)
+
+        def expected(params: torch.Tensor) -> torch.Tensor:
+            return self.likelihood.mean(params[:, :, None, None], exact).flatten()
+
+        return self.pixel_head.decode(self.decoder(z), expected)
 
     @staticmethod
     def reparameterize(
@@ -170,7 +211,8 @@ class ConvVAE(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
         """A reconstruction through one posterior sample (noise from ``generator``)."""
         mean, logvar = self.encode(x)
-        return VAEOutput(self.decode(self.reparameterize(mean, logvar, generator)), mean, logvar)
+        z = self.reparameterize(mean, logvar, generator)
+        return VAEOutput(self.decode(z, x), mean, logvar)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,9 +248,14 @@ class ConvVAE(nn.Module):
         return self.mean_image(z).unflatten(0, (len(z0), steps))
 
 
+DECODERS = ("factorized", "autoregressive")
+
+
 def build_model(config: VAEConfig) -> ConvVAE:
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.arch!r}; known: {sorted(ARCHITECTURES)}")
+    if config.decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {config.decoder!r}; known: {DECODERS}")
     return ConvVAE(config)
 
 

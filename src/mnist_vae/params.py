@@ -26,6 +26,8 @@ import yaml
 from .errors import ParamsError
 
 ARCH_NAMES = ("fast", "conv")
+DECODER_NAMES = ("factorized", "autoregressive")
+"""``model.DECODERS`` builds each (a test checks that the two agree)"""
 """``model.ARCHITECTURES`` builds each (a test checks that the two agree)"""
 LOSSES = ("bce", "mse", "beta_binomial", "logistic_mixture")
 """``likelihoods.LIKELIHOODS`` defines each (a test checks that the two agree)"""
@@ -72,6 +74,9 @@ class DataParams:
 class ModelParams:
     arch: str = one_of(ARCH_NAMES, "fast")
     """``fast``: two 4x4 stride-2 convolutions and a dense layer; ``conv``: the original's"""
+    decoder: str = one_of(DECODER_NAMES, "autoregressive")
+    """``factorized``: each pixel from z alone; ``autoregressive``: also from the pixels
+    above and to its left (a local pixel head)"""
     sampler_components: int = at_least(0, 50)
     """Gaussians of the mixture fitted to the training codes after training, which ``sample``
     draws from (0: the N(0, I) prior); the codec always uses the prior"""
@@ -79,7 +84,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = at_least(1, 15)
+    epochs: int = at_least(1, 12)
     batch_size: int = at_least(1, 128)
     lr: float = above(0, 3e-3)
     """Adam's learning rate (the peak, with the cosine schedule)"""

@@ -1,0 +1,138 @@
+"""The autoregressive decoder: causal, the same parameters whether an image is done at once
+or a position at a time (in floats and in integers), and a lossless codec whose streams
+decode in another process with another thread count."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_vae.autoregressive import causal_offsets
+from mnist_vae.codec import HEADER_BYTES, BitsBackCodec, Header
+from mnist_vae.errors import CodecError
+from mnist_vae.fixed_point import ExactNetwork
+from mnist_vae.model import VAEConfig, load_model, save_model
+from mnist_vae.training import seeded_model
+
+CONFIG = VAEConfig(latent_dim=4, likelihood="logistic_mixture", decoder="autoregressive")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return seeded_model(CONFIG, 0).eval()
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_mirror) -> np.ndarray:
+    raw = gzip.decompress((mnist_mirror / "t10k-images-idx3-ubyte.gz").read_bytes())
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:60].copy()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, model):
+    folder = tmp_path_factory.mktemp("autoregressive")
+    save_model(model, folder)
+    return folder
+
+
+def test_the_context_is_the_pixels_before_in_raster_order():
+    assert causal_offsets(1) == [(-1, -1), (-1, 0), (-1, 1), (0, -1)]
+    assert len(causal_offsets(3)) == 24
+
+
+def test_a_pixel_sees_no_pixel_at_or_after_itself(model):
+    """Changing the pixels from position p on leaves the parameters of positions 0..p as
+    they were, and changes some after p."""
+    x = torch.rand(2, 1, 28, 28).mul(255).round().div(255)
+    z = torch.randn(2, 4)
+    p = 14 * 28 + 9
+    y = x.flatten(1).clone()
+    y[:, p:] = torch.rand_like(y[:, p:]).mul(255).round().div(255)
+    with torch.no_grad():
+        before = model.decode(z, x).flatten(2)
+        after = model.decode(z, y.view_as(x)).flatten(2)
+    assert torch.equal(before[:, :, : p + 1], after[:, :, : p + 1])
+    assert not torch.equal(before[:, :, p + 1 :], after[:, :, p + 1 :])
+
+
+def test_the_picture_is_each_pixels_expected_value_given_the_picture_before_it(model):
+    """The picture is built a position at a time; the parameters the whole-image pass gives
+    for that picture have it as their means."""
+    z = torch.randn(3, 4)
+    with torch.no_grad():
+        picture = model.mean_image(z, exact=False)
+        means = model.likelihood.mean(model.decode(z, picture), exact=False)
+    assert torch.allclose(means, picture, atol=1e-5)
+
+
+def test_the_autoregressive_decoder_needs_the_image_for_its_likelihood(model):
+    with pytest.raises(ValueError, match="depend on the image: pass x"):
+        model.decode(torch.zeros(1, 4))
+
+
+def test_the_config_travels_with_the_weights(folder):
+    loaded = load_model(folder)
+    assert loaded.config == CONFIG and loaded.pixel_head is not None
+
+
+def test_the_integer_head_gives_the_same_parameters_a_position_at_a_time(model, digits):
+    network = ExactNetwork(model)
+    head = model.pixel_head
+    pixels = torch.from_numpy(digits[:5].astype(np.int64)).unsqueeze(1) * 256  # k/256 at 2^-16
+    features = network.decode(torch.randint(-512, 512, (5, 4)), 8)
+    canvas = head.canvas(pixels)
+    whole = torch.cat([features.flatten(2).transpose(1, 2), head.context(canvas)], 2)
+    at_once = network.pixel_parameters(whole.flatten(0, 1)).view(5, 784, -1)
+    partial = head.empty_canvas(5, canvas)
+    for position in range(784):
+        rows = torch.cat([features.flatten(2)[:, :, position], head.context(partial, position)], 1)
+        assert torch.equal(network.pixel_parameters(rows), at_once[:, position])
+        head.set_pixel(partial, position, pixels.flatten(1)[:, position])
+
+
+@pytest.fixture(scope="module")
+def codec(folder) -> BitsBackCodec:
+    return BitsBackCodec.from_folder(folder, batch=16)
+
+
+def test_real_digits_come_back_exactly(codec, digits):
+    data = codec.compress(digits)
+    assert Header.unpack(data)[0].batch == 16
+    assert np.array_equal(codec.decompress(data), digits)
+
+
+def test_binarized_digits_code_with_an_autoregressive_bernoulli_model(tmp_path, digits):
+    config = VAEConfig(latent_dim=4, likelihood="bce", decoder="autoregressive")
+    save_model(seeded_model(config, 0), tmp_path)
+    codec = BitsBackCodec.from_folder(tmp_path, batch=16)
+    binary = (digits[:20] > 127).astype(np.uint8)
+    assert np.array_equal(codec.decompress(codec.compress(binary)), binary)
+
+
+def test_a_stream_decodes_in_another_process_with_one_thread(codec, folder, digits, tmp_path):
+    """Written here with this process's threads, read by a fresh interpreter on one thread:
+    the 784 steps of every group see the same integers."""
+    stream = tmp_path / "digits.mvae"
+    stream.write_bytes(codec.compress(digits[:25]))
+    code = (
+        "import sys, numpy as np, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from mnist_vae.codec import BitsBackCodec\n"
+        "codec = BitsBackCodec.from_folder(sys.argv[1])\n"
+        "np.save(sys.argv[3], codec.decompress(open(sys.argv[2], 'rb').read()))\n"
+    )
+    out = tmp_path / "out.npy"
+    subprocess.run([sys.executable, "-c", code, str(folder), str(stream), str(out)], check=True)
+    assert np.array_equal(np.load(out), digits[:25])
+
+
+def test_damage_is_one_clear_error(codec, digits):
+    data = bytearray(codec.compress(digits[:10]))
+    data[HEADER_BYTES + 12] ^= 0x04
+    with pytest.raises(CodecError):
+        codec.decompress(bytes(data))
