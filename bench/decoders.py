@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -67,7 +68,11 @@ class Hierarchical(nn.Module):
         )  # fmt: skip
 
 
-def flat_nelbo(config: VAEConfig) -> tuple[nn.Module, callable]:
+Loss = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""a batch's summed negative ELBO in nats, given the images and the noise generator"""
+
+
+def flat_nelbo(config: VAEConfig) -> tuple[nn.Module, Loss]:
     model = build_model(config)
 
     def loss(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -77,7 +82,7 @@ def flat_nelbo(config: VAEConfig) -> tuple[nn.Module, callable]:
     return model, loss
 
 
-def designs() -> dict[str, callable]:
+def designs() -> dict[str, Callable[[], tuple[nn.Module, Loss]]]:
     def flat(**kwargs):
         return lambda: flat_nelbo(VAEConfig(10, "fast", likelihood=LOSS, **kwargs))
 
@@ -97,7 +102,15 @@ def designs() -> dict[str, callable]:
     }
 
 
-def run(name: str, build, train_x, test_x, epochs: int, batch_size: int, lr: float) -> dict:
+def run(
+    name: str,
+    build: Callable[[], tuple[nn.Module, Loss]],
+    train_x: torch.Tensor,
+    test_x: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+) -> dict:
     torch.manual_seed(0)
     model, loss = build()
     generator = torch.Generator().manual_seed(0)

@@ -270,8 +270,8 @@ class BitsBackCodec:
         parameters = self.network.pixel_parameters(rows.transpose(0, 1).flatten(0, 1))
         by_position = x.reshape(n, -1).T
         for position in reversed(range(len(by_position))):
-            rows = parameters[position * n : (position + 1) * n]
-            self._push_pixels(coder, by_position[position], rows)
+            at_position = parameters[position * n : (position + 1) * n]
+            self._push_pixels(coder, by_position[position], at_position)
 
     def _pop_image_pixels(self, coder, decoded: torch.Tensor, shape: tuple) -> np.ndarray:
         """Pop a group's pixels, ``[n, H, W]``; autoregressive: position by position, each
