@@ -57,7 +57,7 @@ class PixelHead(nn.Module):
             nn.Linear(hidden, channels),
         )
         # Index of each (offset, position) in the padded canvas, flattened: [context, H * W].
-        width = size + 2 * radius  # the canvas: radius columns each side, radius rows above
+        self.width = width = size + 2 * radius  # the canvas: radius columns each side, radius above
         rows = torch.arange(size).repeat_interleave(size)
         cols = torch.arange(size).repeat(size)
         index = [(rows + radius + dy) * width + cols + radius + dx for dy, dx in offsets]
@@ -71,10 +71,8 @@ class PixelHead(nn.Module):
 
     def empty_canvas(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """A canvas of ``n`` black images, for decoding into (same dtype as ``like``)."""
-        width = self.size + 2 * self.radius
-        return torch.zeros(
-            n, (self.size + self.radius) * width, dtype=like.dtype, device=like.device
-        )
+        rows = self.size + self.radius
+        return torch.zeros(n, rows * self.width, dtype=like.dtype, device=like.device)
 
     def context(self, canvas: torch.Tensor, position: int | None = None) -> torch.Tensor:
         """The context of every pixel, ``[N, H * W, context]``, or of one position,
@@ -85,9 +83,8 @@ class PixelHead(nn.Module):
 
     def set_pixel(self, canvas: torch.Tensor, position: int, value: torch.Tensor) -> None:
         """Write the decoded pixels of one position into the canvas (in context units)."""
-        width = self.size + 2 * self.radius
         row, col = divmod(position, self.size)
-        canvas[:, (row + self.radius) * width + col + self.radius] = value
+        canvas[:, (row + self.radius) * self.width + col + self.radius] = value
 
     def forward(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: the parameters ``[N, channels, H, W]`` of every pixel of images

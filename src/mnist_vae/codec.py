@@ -208,6 +208,7 @@ class BitsBackCodec:
         if self.levels is None:
             raise CodecError(f"a model trained with train.loss {loss!r} cannot code pixels")
         self.split_zero = self.levels > 2  # 8-bit pixels: "is it 0?" first, then the value
+        self.grey_step = (LEVELS - 1) // (self.levels - 1)  # a symbol's grey level per unit
         self.model_sha256 = model_sha256
         self.batch = batch or (BATCH if self.head is None else AUTOREGRESSIVE_BATCH)
         self.network = ExactNetwork(model)
@@ -229,7 +230,7 @@ class BitsBackCodec:
         """q(z|x) on the grid, one row per latent: the first grid point of each row's window
         and the integer probabilities of the window's points (a common width, at most the
         whole grid), from the exact encoder."""
-        pixels = torch.from_numpy(images.astype(np.int64)) * (255 // (self.levels - 1))
+        pixels = torch.from_numpy(images.astype(np.int64)) * self.grey_step
         mean, logvar = self.network.encode(pixels.unsqueeze(1))
         bound = LATENT_RANGE << ACTIVATION_BITS
         mean = mean.flatten().clamp(-bound, bound)
@@ -254,7 +255,7 @@ class BitsBackCodec:
     def _context_canvas(self, images: np.ndarray) -> torch.Tensor:
         """Images' pixels as the pixel head's integer context reads them (grey level ``k``
         as ``k / 256`` at ``2^-ACTIVATION_BITS``; a binary pixel as 0 or 255)."""
-        grey = torch.from_numpy(images.astype(np.int64)) * ((LEVELS - 1) // (self.levels - 1))
+        grey = torch.from_numpy(images.astype(np.int64)) * self.grey_step
         return self.head.canvas(grey.unsqueeze(1) * CONTEXT_UNIT)
 
     def _push_image_pixels(self, coder, x: np.ndarray, decoded: torch.Tensor) -> None:
@@ -281,7 +282,7 @@ class BitsBackCodec:
         n = shape[0]
         features = decoded.flatten(2)
         canvas = self.head.empty_canvas(n, features)
-        grey = (LEVELS - 1) // (self.levels - 1) * CONTEXT_UNIT
+        grey = self.grey_step * CONTEXT_UNIT
         image = np.zeros((features.shape[2], n), dtype=np.int32)
         for position in range(len(image)):
             context = self.head.context(canvas, position)
