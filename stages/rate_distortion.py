@@ -1,13 +1,14 @@
-"""Stage rate_distortion: the lossy codec at every rate level against PCA and the standard
-lossy codecs, on the test images (README: Compression).
+"""Stage rate_distortion: the lossy codec at every rate level against PCA, the standard
+lossy codecs and the learned ones, on the test images (README: Compression).
 
 Reads: seed, data.train_limit (PCA is fitted on the training images the model saw),
-data.test_limit, data.binarize, lossy.rate
+data.test_limit, data.binarize, lossy.rate; the classic codecs' points (baselines) and the
+learned codecs' (learned_baselines)
 Writes: data/compression/lossy/ (curves.png: PSNR and SSIM against bits per image;
-equal_bytes.png: originals over ours over the baseline closest in bytes; test-lossy.mvae:
-the test set at lossy.rate), data/metrics/rate_distortion/*.csv (dvc plots: a file per
-curve) and data/metrics/lossy.json (dvc metrics). Every rate is bytes actually written,
-every distortion that of the images decoded from them.
+equal_bytes.png: originals over ours over the classic codec and the learned one closest in
+bytes; test-lossy.mvae: the test set at lossy.rate), data/metrics/rate_distortion/*.csv
+(dvc plots: a file per curve) and data/metrics/lossy.json (dvc metrics). Every rate is
+bytes actually written, every distortion that of the images decoded from them.
 """
 
 import json
@@ -29,6 +30,7 @@ from mnist_vae.stage import run, write_metrics
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
 BASELINES = Path("data/metrics/lossy_baselines.csv")
+LEARNED = Path("data/metrics/learned_baselines")
 OUT = Path("data/compression/lossy")
 CURVES = Path("data/metrics/rate_distortion")
 METRICS = Path("data/metrics/lossy.json")
@@ -47,15 +49,18 @@ def main() -> None:
     prior = rd.ours(codec, images, "prior", progress=bar_over("ours, prior"))
     pca = rd.pca_curve(train, images, progress=bar_over("PCA, by components"))
     baselines = pd.read_csv(BASELINES)
-    metrics = rd.summary(ours, prior, pca, baselines, params.lossy.rate)
+    learned = pd.read_csv(LEARNED / "curves.csv")
+    metrics = rd.summary(ours, prior, pca, baselines, learned, params.lossy.rate)
     print(json.dumps(metrics, indent=2), flush=True)
 
     shutil.rmtree(OUT, ignore_errors=True)
     shutil.rmtree(CURVES, ignore_errors=True)
-    curves = pd.concat([ours, pca, baselines], ignore_index=True)
+    curves = pd.concat([ours, pca, baselines, learned], ignore_index=True)
     rd.write_curves(pd.concat([curves, prior.assign(layout=prior["layout"] + " (prior)")]), CURVES)
     rd.save_curves(curves, OUT / "curves.png")
-    rd.picture_at_equal_bytes(codec, images, params.lossy.rate, baselines, OUT / "equal_bytes.png")
+    rd.picture_at_equal_bytes(
+        codec, images, params.lossy.rate, baselines, learned, LEARNED, OUT / "equal_bytes.png"
+    )
     (OUT / "test-lossy.mvae").write_bytes(codec.compress(images, params.lossy.rate))
     write_metrics(METRICS, metrics)
 

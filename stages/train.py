@@ -2,7 +2,8 @@
 pyfunc model (a new version of ``mnist-vae`` per training).
 
 Reads: latent_dim, seed, data.*, model.*, train.*   Writes: data/model/ (with the sampling
-mixture fitted to the training codes when model.sampler_components > 0),
+mixture fitted to the training codes when model.sampler_components > 0, and the lossy
+codec's own decoder when train.lossy_decoder_epochs > 0),
 data/metrics/train.json (dvc metrics), data/metrics/train_history.csv (dvc plots),
 data/metrics/environment.json (torch version, CPU kernels, threads, device: what decides the
 bits; also tagged env.* on the MLflow run).
@@ -16,13 +17,16 @@ train.batch_size is then per process, and only rank 0 writes outputs and talks t
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from mnist_vae import CPU_KERNELS, distributed, environment, tracking
 from mnist_vae.checkpoint import Checkpoint, training_fingerprint
 from mnist_vae.data import OFFICIAL_MIRRORS, dataset_digest, load_images, load_test_images
+from mnist_vae.lossy import fit_lossy_decoder
 from mnist_vae.model import VAEConfig, save_model
 from mnist_vae.model_folder import WEIGHTS_FILE
 from mnist_vae.params import load_params
+from mnist_vae.progress import bar_over
 from mnist_vae.pyfunc import log_pyfunc_model
 from mnist_vae.sampler import check_sampler, fit_sampler
 from mnist_vae.stage import run, write_metrics
@@ -69,6 +73,15 @@ def main() -> None:
             score = fit_sampler(model, train_x, params.seed)
             print(f"train: sampler: {config.sampler_components} Gaussians fitted to "
                   f"{len(train_x)} codes ({score:.2f} nats per code)", flush=True)  # fmt: skip
+        if epochs := params.train.lossy_decoder_epochs:
+            targets = train_x
+            if params.data.binarize == "dynamic":  # the lossy codec sees binary digits
+                targets = torch.bernoulli(train_x, generator=torch.Generator().manual_seed(0))
+            errors = fit_lossy_decoder(model, targets, epochs, params.seed,
+                                       progress=bar_over("lossy decoder"))  # fmt: skip
+            print(f"train: lossy decoder: {epochs} epochs on the codes of {len(train_x)} "
+                  f"images at every rate level, squared error {errors[0]:.5f} -> "
+                  f"{errors[-1]:.5f}", flush=True)  # fmt: skip
         memory = peak_memory_mib()
         print(f"train: {params.train.epochs} epochs in {result.seconds:.1f} s, "
               f"peak memory {memory:.0f} MiB", flush=True)  # fmt: skip

@@ -212,3 +212,56 @@ def test_pca_round_trips_through_the_same_coder(digits):
     assert decoded.shape == digits[500:].shape and decoded.dtype == np.uint8
     assert coarse < size
     assert STREAM_HEADER == 3
+
+
+def test_curves_are_compared_where_both_reach_and_the_nearest_learned_point_is_shown():
+    ours = pd.DataFrame({"bits_per_image": [10.0, 40.0, 70.0], "psnr": [14.0, 17.0, 18.0]})
+    theirs = pd.DataFrame({"bits_per_image": [64.0, 100.0], "psnr": [15.0, 19.0]})
+    shared = rd.shared_rate_comparison(ours, theirs)
+    assert list(shared["bits_per_image"]) == [64.0, 70.0]  # theirs from 64, ours up to 70
+    assert shared["psnr"].tolist() == pytest.approx([17.8, 18.0])
+    assert shared["other_psnr"].tolist() == pytest.approx([15.0, 15 + 4 * 6 / 36])
+    assert rd.shared_rate_comparison(ours, theirs.assign(bits_per_image=[80.0, 90.0])).empty
+
+    learned = pd.DataFrame({
+        "codec": ["a", "a", "b", "b"], "setting": ["lambda 1", "lambda 2"] * 2,
+        "bits_per_image": [40.0, 400.0, 80.0, 800.0], "psnr": [15.0, 25.0, 17.0, 27.0],
+    })  # fmt: skip
+    chosen = rd.nearest_learned(learned, bytes_per_image=6.0)  # a's 5 bytes, b's 10: b is better
+    assert (chosen["codec"], chosen["setting"]) == ("b", "lambda 1")
+
+
+def test_the_lossy_decoder_lowers_the_squared_error_and_travels_with_the_weights(
+    folder, digits, test_digits, tmp_path
+):
+    """Trained for squared error on the codes at every level, it decodes closer to the
+    digits than the model's mean image, at coarse and fine levels, and a saved copy of the
+    model decodes the very same pictures."""
+    from mnist_vae.distortion import distortion
+    from mnist_vae.lossy import fit_lossy_decoder
+    from mnist_vae.model import load_model
+
+    plain = LossyCodec.from_folder(folder)
+    model = load_model(folder)
+    images = to_float(torch.from_numpy(digits[:500]))
+    errors = fit_lossy_decoder(model, images, epochs=30, seed=0, batch_size=50, lr=3e-3)
+    assert len(errors) == 30 and errors[-1] < errors[0]
+    save_model(model, tmp_path / "with-decoder")
+    tuned = LossyCodec.from_folder(tmp_path / "with-decoder")
+    assert tuned.model.config.lossy_decoder and not plain.model.config.lossy_decoder
+    for rate in (0, 12):
+        data, plain_data = tuned.compress(test_digits, rate), plain.compress(test_digits, rate)
+        assert len(data) == len(plain_data)  # the same codes, the same bytes
+        decoded = tuned.decompress(data)
+        before = distortion(test_digits, plain.decompress(plain_data))["psnr"]
+        assert distortion(test_digits, decoded)["psnr"] > before
+        setting = tuned.setting(rate)
+        with torch.no_grad():
+            direct = model.lossy_decoder(
+                torch.from_numpy(
+                    tuned.coder(setting).values(tuned.codes(test_digits, setting))
+                ).float(),
+                torch.full((len(test_digits),), rate),
+            )
+        expected = torch.round(direct.squeeze(1) * 255).clamp(0, 255).to(torch.uint8).numpy()
+        assert np.array_equal(decoded, expected)

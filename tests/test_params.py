@@ -58,6 +58,11 @@ def test_ints_are_accepted_for_floats():
         ({"data": {"\n": None}}, "unknown key data.'\\n' in data"),  # found by hypothesis
         ({"data": {1: 2, "x": 3}}, "unknown key data.1 in data"),
         ({"train": {"bf16": "yes"}}, "train.bf16 = 'yes' is not true or false"),
+        ({"learned_baselines": {"lambdas": 0.01}}, "lambdas = 0.01 is not a non-empty list"),
+        ({"learned_baselines": {"lambdas": []}}, "lambdas = [] is not a non-empty list"),
+        ({"learned_baselines": {"lambdas": [0.01, 0]}}, "learned_baselines.lambdas[1] = 0.0"),
+        ({"learned_baselines": {"lambdas": [0.1, 0.1]}}, "has an item twice"),
+        ({"learned_baselines": {"models": ["jpeg"]}}, "learned_baselines.models[0] = 'jpeg'"),
         ({"train": {"compile": 1}}, "train.compile = 1 is not true or false"),
         ({"train": {"device": "tpu"}}, "train.device = 'tpu'"),
         ({"train": {"schedule": "step"}}, "train.schedule = 'step'"),
@@ -98,8 +103,11 @@ _ANY_VALUE = st.one_of(
 
 
 def _valid(f: dataclasses.Field) -> st.SearchStrategy:
-    """Values the field's rule allows."""
+    """Values the field's rule allows (for a list field: lists of them, no item twice)."""
     rules, kind = f.metadata, type(f.default)
+    if kind is tuple:
+        item = dataclasses.field(default=f.default[0], metadata=rules)
+        return st.lists(_valid(item), min_size=1, max_size=4, unique=True)
     if "choices" in rules:
         return st.sampled_from(rules["choices"])
     if kind is bool:
@@ -134,6 +142,8 @@ def _raw_params():
 
 
 def _allowed(value, rules) -> bool:
+    if isinstance(value, tuple):
+        return len(value) == len(set(value)) > 0 and all(_allowed(v, rules) for v in value)
     if "choices" in rules:
         return value in rules["choices"]
     if "min" in rules:

@@ -49,11 +49,21 @@ SMALL = {
     "compare": {"n_images": 5},
     "classifier": {"train_limit": 1000, "epochs": 1},
     "evaluate": {"iw_samples": 4, "fid_samples": 100, "interpolations": 3},
+    # the learned codecs' mechanics: one lambda, a few hundred digits, one epoch, narrow nets
+    "learned_baselines": {
+        "lambdas": [0.003],
+        "hyperprior_lambdas": [0.003],
+        "train_limit": 256,
+        "epochs": 1,
+        "channels": 8,
+        "latent_channels": 8,
+    },
 }
 STAGES = {
-    "download", "train", "generate", "compare", "classifier", "evaluate", "baselines", "compress",
-    "rate_distortion",
+    "download", "train", "generate", "compare", "classifier", "evaluate", "baselines",
+    "learned_baselines", "compress", "rate_distortion",
 }  # fmt: skip
+DATA_ONLY = {"download", "classifier", "baselines", "learned_baselines"}  # retraining skips them
 TRACKING_SERVER_ENV = "MNIST_VAE_TRACKING_SERVER"  # a shared MLflow server (.ci/run starts one)
 TRACKING_DB_ENV = "MNIST_VAE_TRACKING_DB"  # its PostgreSQL database, to look behind the API
 # its accounts (basic-auth): a JSON file {username: {"role": trainer|viewer, "password": ...}}
@@ -295,6 +305,11 @@ def test_the_rate_distortion_stage_measures_ours_beside_the_baselines(project):
         points = pd.read_csv(path)
         assert points.groupby(["codec", "layout"]).ngroups == 1, path
     assert set(metrics["baseline_bytes_to_match_psnr"]) >= {"JPEG XL, per image", "WebP, mosaic"}
+    learned = {f"{name}, per image" for name in ("bmshj2018-factorized", "bmshj2018-hyperprior")}
+    assert set(metrics["learned_bytes_to_match_psnr"]) >= learned
+    assert metrics["targets"]["best_learned"] in learned
+    for name in ("bmshj2018-factorized", "bmshj2018-hyperprior"):  # beside ours in dvc plots
+        assert len(pd.read_csv(curves / f"{name}_per_image.csv")) == 1  # one lambda
     plotted = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
     for plot in plotted:
         if isinstance(plot, dict) and "y" in next(iter(plot.values())):
@@ -517,13 +532,14 @@ def test_the_server_answers_1000_mixed_requests_from_8_clients_without_growing(p
 
 def test_a_forced_repro_gives_byte_identical_outputs(project):
     """Training and every stage after it, run again: the same bytes. (The classifier's seeded
-    training is checked in test_classifier.py; the baselines run fixed codecs.)"""
+    training is checked in test_classifier.py; the baselines run fixed codecs; the learned
+    ones depend on the data only.)"""
     project, env, _ = project
     outputs = ["data/model", "data/generated", "data/comparison", "data/evaluation",
                "data/compression", "data/metrics"]  # fmt: skip
     before = _file_hashes(project, outputs)
     output = _sh("dvc", "repro", "--force", "--downstream", "train", cwd=project, env=env)
-    assert sorted(_stages_run(output)) == sorted(STAGES - {"download", "classifier", "baselines"})
+    assert sorted(_stages_run(output)) == sorted(STAGES - DATA_ONLY)
     assert _file_hashes(project, outputs) == before
     assert len(before) > 20  # weights, images, metrics, tables
 
@@ -535,6 +551,14 @@ def test_dvc_push_then_a_fresh_clone_pulls_everything_without_retraining(project
     _sh("dvc", "push", cwd=project, env=env)
     _sh("git", "add", ".dvc/config", "dvc.lock", "data", cwd=project, env=env)
     _sh("git", "commit", "-qm", "pipeline results and the remote", cwd=project, env=env)
+
+    # without the remote, a clone fetches the data again but finds the learned codecs'
+    # committed figures up to date: the stage that trains them does not run
+    bare = tmp_path / "bare"
+    _sh("git", "clone", "-q", str(project), str(bare), cwd=tmp_path, env=env)
+    output = _sh("dvc", "repro", "learned_baselines", cwd=bare, env=env)
+    assert _stages_run(output) == ["download"]
+    assert "Stage 'learned_baselines' didn't change, skipping" in output
 
     clone = tmp_path / "clone"
     _sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path, env=env)

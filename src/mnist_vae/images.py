@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torchvision.io import ImageReadMode, decode_png, read_file, write_png
 from torchvision.utils import save_image
 
 
@@ -49,3 +50,18 @@ def originals_over_reconstructions(
             chunk_o, chunk_r = torch.cat([chunk_o, blank]), torch.cat([chunk_r, blank])
         rows += [chunk_o, chunk_r]
     return torch.cat(rows), nrow
+
+
+def save_strip(pixels: torch.Tensor, path: str | Path) -> Path:
+    """8-bit grey images ``uint8 [N, H, W]`` side by side in one lossless PNG, without gaps:
+    :func:`load_strip` gives back the very same pixels."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(torch.cat(list(pixels), dim=1).unsqueeze(0).contiguous(), str(path))
+    return path
+
+
+def load_strip(path: str | Path, side: int) -> torch.Tensor:
+    """:func:`save_strip`'s images, ``uint8 [N, side, side]``."""
+    strip = decode_png(read_file(str(path)), ImageReadMode.GRAY)[0]
+    return torch.stack(strip.split(side, dim=1))

@@ -3,9 +3,11 @@
 An image becomes its code: the posterior mean of q(z|x), divided by a step and rounded to
 integers, one per latent dimension. The integers are entropy-coded with ``constriction``,
 each dimension under its own categorical distribution over the grid; decoding maps each
-integer to its cell's centroid under that distribution and decodes the mean image of
-p(x|z), rounded to 8 bits (at the coarsest levels, the average of the mean images at
-several points of the cell: :func:`points_per_code`).
+integer to its cell's centroid under that distribution and decodes it with the model's
+lossy decoder, trained for squared error on the training codes at every level
+(:mod:`.lossy_decoder`, :func:`fit_lossy_decoder`), rounded to 8 bits. A model without one
+decodes the mean image of p(x|z) (at the coarsest levels, the average of the mean images
+at several points of the cell: :func:`points_per_code`).
 
 Which distribution codes the integers (the entropy model, named in every stream):
 
@@ -51,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -58,6 +61,7 @@ from typing import NamedTuple
 import constriction
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .codec import (
     BATCH,
@@ -73,6 +77,7 @@ from .errors import CodecError
 from .fixed_point import tables
 from .model import ConvVAE, load_model
 from .params import MAX_RATE, LossyParams
+from .sampler import posterior_means
 
 DEFAULT_RATE = LossyParams().rate
 ENTROPY_MODELS = {"mixture": LOSSY_MIXTURE, "prior": LOSSY_PRIOR}
@@ -399,22 +404,31 @@ class LossyCodec:
 
     @torch.no_grad()
     def images(self, codes: np.ndarray, setting: Setting) -> np.ndarray:
-        """The 8-bit images ``[N, H, W]`` that ``codes`` decode to: the decoder's mean image
-        at the cell's centroid, or below level ``AVERAGED_BELOW`` the average of the mean
-        images at :func:`points_per_code` points of the cell."""
+        """The 8-bit images ``[N, H, W]`` that ``codes`` decode to: the model's lossy decoder
+        at the cell's centroid and the level when it has one (:mod:`.lossy_decoder`); else
+        the decoder's mean image at the centroid, or below level ``AVERAGED_BELOW`` the
+        average of the mean images at :func:`points_per_code` points of the cell."""
         coder, count = self.coder(setting), points_per_code(setting.rate)
+        learned = self.model.lossy_decoder
+        if learned is not None:  # trained for the average over the cell: one picture each
+            count = 1
         # Each distinct code once: at the coarse levels many digits share one (and the
         # autoregressive decoder's pictures take 784 steps per batch).
         codes, inverse = np.unique(codes, axis=0, return_inverse=True)
         pictures = []
         for start in range(0, len(codes), BATCH * 10 // count):
             part = codes[start : start + BATCH * 10 // count]
-            if count == 1:
+            if learned is not None:
                 z = torch.from_numpy(coder.values(part).astype(np.float32))
+                mean = learned(z, torch.full((len(z),), setting.rate)).squeeze(1)
+            elif count == 1:
+                z = torch.from_numpy(coder.values(part).astype(np.float32))
+                mean = self.model.mean_image(z, exact=False).squeeze(1)
             else:
                 z = torch.from_numpy(coder.points(part, count).astype(np.float32)).flatten(0, 1)
-            mean = self.model.mean_image(z, exact=False).squeeze(1)
-            pictures.append(mean if count == 1 else mean.unflatten(0, (len(part), count)).mean(1))
+                mean = self.model.mean_image(z, exact=False).squeeze(1)
+                mean = mean.unflatten(0, (len(part), count)).mean(1)
+            pictures.append(mean)
         pictures = torch.round(torch.cat(pictures) * 255).clamp_(0, 255).to(torch.uint8)
         return pictures.numpy()[inverse.reshape(-1)]
 
@@ -488,6 +502,49 @@ class LossyCodec:
         entropy = "prior" if flags & _PRIOR_FLAG else "mixture"
         setting = self.setting(flags & _RATE_BITS, entropy)
         return setting, self.coder(setting).decode_one(data[STREAM_HEADER:])
+
+
+def fit_lossy_decoder(
+    model: ConvVAE,
+    images: torch.Tensor,
+    epochs: int,
+    seed: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> list[float]:
+    """Give the trained ``model`` its lossy decoder and train it: for each training image
+    (``[N, 1, H, W]`` in [0, 1]) at a random level, its code's centroid in, the image out,
+    squared error, Adam at ``lr`` cosine-decayed to 0; ``progress`` wraps each epoch's
+    batches. Returns each epoch's mean squared error (pixels in [0, 1])."""
+    torch.manual_seed(seed)  # the new head's initial weights
+    decoder = model.add_lossy_decoder()
+    codec = LossyCodec(model, b"")
+    means = posterior_means(model, images)
+    centroids = []
+    for rate in range(MAX_RATE + 1):
+        coder = codec.coder(codec.setting(rate))
+        centroids.append(torch.from_numpy(coder.values(coder.quantize(means, step(rate)))))
+    centroids = torch.stack(centroids).float()  # [levels, N, latent_dim]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+    per_epoch = math.ceil(len(images) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * per_epoch)
+    decoder.train()
+    errors = []
+    for _ in range(epochs):
+        total = 0.0
+        for index in progress(torch.randperm(len(images), generator=generator).split(batch_size)):
+            levels = torch.randint(0, MAX_RATE + 1, (len(index),), generator=generator)
+            loss = F.mse_loss(decoder(centroids[levels, index], levels), images[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(index)
+        errors.append(total / len(images))
+    decoder.eval()
+    return errors
 
 
 def is_image_stream(data: bytes) -> bool:

@@ -21,6 +21,7 @@ the size its mirror layer started from.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -30,7 +31,9 @@ from torch import nn
 
 from .autoregressive import PixelHead
 from .likelihoods import Likelihood, likelihood
+from .lossy_decoder import LossyDecoder
 from .model_folder import load_module, save_model_folder
+from .params import MAX_RATE
 
 Layers = tuple[tuple[int, int, int], ...]  # (out_channels, kernel, stride) per encoder layer
 
@@ -73,6 +76,10 @@ class VAEConfig:
     context_radius: int = 3
     """autoregressive: the context is the ``r`` rows above and ``r`` pixels left of a pixel,
     ``2r + 1`` wide (r = 3: 24 pixels)"""
+    lossy_decoder: bool = False
+    """whether the model carries the lossy codec's own decoder (:mod:`.lossy_decoder`),
+    trained for squared error after the VAE; without it a code decodes to the model's
+    mean image"""
 
 
 def _padding(kernel: int) -> int:
@@ -158,11 +165,22 @@ class ConvVAE(nn.Module):
                 config.negative_slope,
             )
 
+        self.lossy_decoder: LossyDecoder | None = None
+        if config.lossy_decoder:
+            self.lossy_decoder = LossyDecoder(self.decoder, MAX_RATE + 1)
+
         k, d = config.sampler_components, config.latent_dim
         if k:  # weights, means and Cholesky factors of the covariances; set by sampler.fit
             self.register_buffer("sampler_weights", torch.full((k,), 1.0 / k))
             self.register_buffer("sampler_means", torch.zeros(k, d))
             self.register_buffer("sampler_scale_tril", torch.eye(d).repeat(k, 1, 1))
+
+    def add_lossy_decoder(self) -> LossyDecoder:
+        """Give the trained model its lossy decoder, a copy of its decoder as it is now (added
+        after training, so that data-parallel training never sees unused weights)."""
+        self.config = dataclasses.replace(self.config, lossy_decoder=True)
+        self.lossy_decoder = LossyDecoder(self.decoder, MAX_RATE + 1)
+        return self.lossy_decoder
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

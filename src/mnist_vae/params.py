@@ -34,6 +34,8 @@ LOSSES = ("bce", "mse", "beta_binomial", "logistic_mixture")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 BINARIZATIONS = ("none", "dynamic")
+LEARNED_CODECS = ("bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean")
+"""``learned_codecs.MODELS`` builds each (CompressAI's names)"""
 MAX_RATE = 12
 """the finest rate level of the lossy codec (``lossy.MAX_RATE`` uses this one)"""
 TRAINING_KEYS = ("latent_dim", "seed", "data", "model", "train")
@@ -58,6 +60,12 @@ def between(low: int, high: int, default: int) -> Any:
 def one_of(options: Iterable[str], default: str) -> Any:
     """A string field that must be one of ``options``."""
     return field(default=default, metadata={"choices": tuple(options)})
+
+
+def each(rule: Any, default: tuple) -> Any:
+    """A list field (a tuple in Python): not empty, no item twice, every item meeting ``rule``
+    (a field made by :func:`at_least`, :func:`above` or :func:`one_of`)."""
+    return field(default=default, metadata=rule.metadata)
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,10 @@ class TrainParams:
     """on CUDA: bfloat16 autocast"""
     compile: bool = False
     """``torch.compile`` the network (pays off on GPUs)"""
+    lossy_decoder_epochs: int = at_least(0, 5)
+    """after the VAE: epochs of the lossy codec's own decoder, trained for squared error on
+    the training digits' codes at every rate level (0: a code decodes to the model's mean
+    image)"""
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,45 @@ class LossyParams:
 
 
 @dataclass(frozen=True)
+class LearnedBaselinesParams:
+    """CompressAI's learned codecs, trained on the training digits (the learned_baselines
+    stage): each model at each of its lambdas; the first lambda from scratch, each next one
+    from the weights of the one before."""
+
+    def lambdas_of(self, model: str) -> tuple[float, ...]:
+        """``model``'s lambdas, largest first (the order they are trained in)."""
+        chosen = self.lambdas if model == LEARNED_CODECS[0] else self.hyperprior_lambdas
+        return tuple(sorted(chosen, reverse=True))
+
+    models: tuple[str, ...] = each(one_of(LEARNED_CODECS, ""), LEARNED_CODECS[:2])
+    lambdas: tuple[float, ...] = each(
+        above(0, 0.0), (0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001, 0.00003, 0.00001)
+    )
+    """the factorized prior's weights of the squared error (pixels 0..255) against the bits
+    per pixel (CompressAI's qualities 1..6 use 0.0018 to 0.0483); the largest is trained
+    first"""
+    hyperprior_lambdas: tuple[float, ...] = each(
+        above(0, 0.0), (0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
+    )
+    """the same for the hyperpriors, whose two streams per digit never get far below 16
+    bytes: smaller lambdas buy them nothing"""
+    channels: int = at_least(1, 32)
+    """N, the transforms' width"""
+    latent_channels: int = at_least(1, 48)
+    """M, the latent's channels"""
+    epochs: int = at_least(1, 4)
+    """for the first (largest) lambda, from scratch"""
+    fine_tune_epochs: int = at_least(1, 1)
+    """for each further lambda, from the weights of the lambda before"""
+    batch_size: int = at_least(1, 64)
+    lr: float = above(0, 3e-3)
+    """Adam's learning rate (cosine-decayed to 0 over each lambda's steps)"""
+    seed: int = at_least(0, 0)
+    train_limit: int = at_least(0, 0)
+    """0: all 60,000 training images; N > 0: a seeded random subset of N"""
+
+
+@dataclass(frozen=True)
 class Params:
     latent_dim: int = at_least(1, 10)
     seed: int = at_least(0, 0)
@@ -160,6 +211,7 @@ class Params:
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     lossy: LossyParams = field(default_factory=LossyParams)
+    learned_baselines: LearnedBaselinesParams = field(default_factory=LearnedBaselinesParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,6 +243,18 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
             f"params.yaml: {key} = {value!r} is a {type(value).__name__}; expected {kind.__name__}"
         )
     return value
+
+
+def _coerce_list(key: str, value: Any, kind: type, rules: Any) -> tuple:
+    """A list field: each item coerced and checked like a scalar field."""
+    if not isinstance(value, list) or not value:
+        raise ParamsError(f"params.yaml: {key} = {value!r} is not a non-empty list")
+    items = tuple(_coerce(f"{key}[{i}]", item, kind) for i, item in enumerate(value))
+    for i, item in enumerate(items):
+        _check_allowed(f"{key}[{i}]", item, rules)
+    if len(set(items)) < len(items):
+        raise ParamsError(f"params.yaml: {key} = {value!r} has an item twice")
+    return items
 
 
 def _check_allowed(key: str, value: Any, rules: Any) -> None:
@@ -232,6 +296,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         kind, key = hints[f.name], f"{prefix}{f.name}"
         if dataclasses.is_dataclass(kind):
             values[f.name] = _build(kind, raw[f.name], f"{key}.")
+        elif typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            values[f.name] = _coerce_list(key, raw[f.name], item, f.metadata)
         else:
             values[f.name] = _coerce(key, raw[f.name], kind)
             _check_allowed(key, values[f.name], f.metadata)

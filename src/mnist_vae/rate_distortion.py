@@ -25,20 +25,19 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
 from .baselines import lossy_round_trip
+from .curves import COLUMNS, SHOWN, decoded_strip, point
 from .distortion import distortion
+from .images import load_strip
 from .lossy import MAX_RATE, FactorizedCoder, LossyCodec
+from .params import LEARNED_CODECS
+
+SIDE = 28
 
 PCA_COMPONENTS = (5, 10, 20, 40, 80)
 PCA_STEPS = tuple(2.0 ** (2 - j / 2) for j in range(11))
 """steps in units of pixel values in [0, 1], 4 down to 1/8 (a component of the training set
 spreads by 2.3 at most, by 0.25 at the 80th): finer steps only reach rates far above ours"""
-COLUMNS = ["codec", "layout", "setting", "bytes", "bits_per_image", "psnr", "ssim"]
 OURS = "mnist-vae"
-
-
-def _row(codec: str, layout: str, setting: str, size: int, n: int, quality: dict) -> dict:
-    return {"codec": codec, "layout": layout, "setting": setting, "bytes": size,
-            "bits_per_image": 8 * size / n, **quality}  # fmt: skip
 
 
 def ours(
@@ -50,11 +49,11 @@ def ours(
         setting = f"rate {rate}"
         whole = codec.compress(images, rate, entropy)
         quality = distortion(images, codec.decompress(whole))
-        rows.append(_row(OURS, "whole set", setting, len(whole), len(images), quality))
+        rows.append(point(OURS, "whole set", setting, len(whole), len(images), quality))
         streams = codec.compress_each(images, rate, entropy)
         decoded = codec.decompress_each(streams)
         rows.append(
-            _row(OURS, "per image", setting, sum(map(len, streams)), len(images),
+            point(OURS, "per image", setting, sum(map(len, streams)), len(images),
                  distortion(images, decoded))
         )  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -108,7 +107,7 @@ def pca_curve(train: np.ndarray, images: np.ndarray, progress: Callable = iter) 
             size, decoded = pca.round_trip(images, k, step)
             setting = f"{k} components, step {step:.4g}"
             rows.append(
-                _row("PCA", "whole set", setting, size, len(images), distortion(images, decoded))
+                point("PCA", "whole set", setting, size, len(images), distortion(images, decoded))
             )
     return envelope(pd.DataFrame(rows, columns=COLUMNS))
 
@@ -149,6 +148,29 @@ def pca_comparison(our_curve: pd.DataFrame, pca: pd.DataFrame) -> pd.DataFrame:
     }).reset_index(drop=True)  # fmt: skip
 
 
+def shared_rate_comparison(ours: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """Both curves' PSNR (each on its envelope, interpolated linearly in bits) at every point
+    of either curve inside the range of rates both reach; empty when the ranges do not meet."""
+    ours, other = envelope(ours), envelope(other)
+    low = max(ours["bits_per_image"].min(), other["bits_per_image"].min())
+    high = min(ours["bits_per_image"].max(), other["bits_per_image"].max())
+    bits = np.union1d(ours["bits_per_image"], other["bits_per_image"])
+    bits = bits[(bits >= low) & (bits <= high)]
+    return pd.DataFrame({
+        "bits_per_image": bits,
+        "psnr": np.interp(bits, ours["bits_per_image"], ours["psnr"]),
+        "other_psnr": np.interp(bits, other["bits_per_image"], other["psnr"]),
+    })  # fmt: skip
+
+
+def nearest_learned(learned: pd.DataFrame, bytes_per_image: float) -> pd.Series:
+    """The learned codec to show beside ours: each model's point nearest ``bytes_per_image``
+    (by ratio), and of those the one with the best PSNR."""
+    distance = np.abs(np.log(learned["bits_per_image"] / 8 / bytes_per_image))
+    nearest = learned.loc[distance.groupby(learned["codec"]).idxmin()]
+    return nearest.loc[nearest["psnr"].idxmax()]
+
+
 def closest_baseline(baselines: pd.DataFrame, bytes_per_image: float) -> pd.Series:
     """The baseline point to show beside ours: the best PSNR among those that use at most
     ``bytes_per_image``; when none gets that small, the one that uses the fewest bytes."""
@@ -165,7 +187,8 @@ def save_curves(curves: pd.DataFrame, path: str | Path) -> Path:
     axes = figure.subplots(1, 2)
     for (codec, layout), points in curves.groupby(["codec", "layout"], sort=False):
         points = points.sort_values("bits_per_image")
-        style = "-o" if codec == OURS else ("--s" if codec == "PCA" else ":.")
+        styles = {OURS: "-o", "PCA": "--s"} | dict.fromkeys(LEARNED_CODECS, "-.^")
+        style = styles.get(codec, ":.")
         for ax, measure in zip(axes, ("psnr", "ssim"), strict=True):
             ax.plot(
                 points["bits_per_image"], points[measure], style, ms=3, label=f"{codec}, {layout}"
@@ -195,13 +218,30 @@ def save_equal_bytes(rows: list[tuple[str, np.ndarray]], path: str | Path) -> Pa
     return path
 
 
+def _bytes_to_match(sweeps: pd.DataFrame, psnr: float) -> tuple[dict, dict]:
+    """For each codec and layout of ``sweeps``: the bytes per image it needs to match
+    ``psnr`` ("cannot" when even its smallest file is better, and then that file's bytes
+    beside it), and the same as numbers (None where no setting reaches it)."""
+    matched, needed = {}, {}
+    for (codec, layout), sweep in sweeps.groupby(["codec", "layout"], sort=False):
+        name = f"{codec}, {layout}"
+        needed[name] = bytes_for(sweep, psnr)
+        fits = goes_as_low(sweep, psnr) and needed[name] is not None
+        matched[name] = round(needed[name], 1) if fits else "cannot"
+        if not goes_as_low(sweep, psnr):
+            matched[f"{name} (its smallest file)"] = round(
+                float(sweep["bits_per_image"].min()) / 8, 1
+            )
+    return matched, needed
+
+
 def summary(
     ours_curve: pd.DataFrame, prior_curve: pd.DataFrame, pca: pd.DataFrame,
-    baselines: pd.DataFrame, rate: int,
+    baselines: pd.DataFrame, learned: pd.DataFrame, rate: int,
 ) -> dict[str, object]:  # fmt: skip
     """The metrics of the default rate: our bytes, PSNR and SSIM; what the prior would cost;
-    for each baseline sweep the bytes per image it needs to match our PSNR ("cannot" when
-    even its smallest file is better, and then that file's bytes beside it); the targets."""
+    for each classic and each learned codec the bytes per image it needs to match our PSNR;
+    the targets (against the classic codecs, PCA and the learned codecs)."""
     at = ours_curve[ours_curve["setting"] == f"rate {rate}"].set_index("layout")
     whole, each = at.loc["whole set"], at.loc["per image"]
     prior = prior_curve[(prior_curve["setting"] == f"rate {rate}")].set_index("layout")
@@ -215,21 +255,19 @@ def summary(
         "ssim": float(whole["ssim"]),
         "prior_bytes_per_image": float(prior.loc["whole set", "bits_per_image"]) / 8,
     }
-    matched, needed = {}, {}
-    for (codec, layout), sweep in baselines.groupby(["codec", "layout"], sort=False):
-        name = f"{codec}, {layout}"
-        needed[name] = bytes_for(sweep, psnr)
-        fits = goes_as_low(sweep, psnr) and needed[name] is not None
-        matched[name] = round(needed[name], 1) if fits else "cannot"
-        if not goes_as_low(sweep, psnr):
-            matched[f"{name} (its smallest file)"] = round(
-                float(sweep["bits_per_image"].min()) / 8, 1
-            )
+    matched, needed = _bytes_to_match(baselines, psnr)
     metrics["baseline_bytes_to_match_psnr"] = matched
+    learned_matched, learned_needed = _bytes_to_match(learned, psnr)
+    metrics["learned_bytes_to_match_psnr"] = learned_matched
     reachable = {k: v for k, v in needed.items() if v is not None}
     best_per_image = min((v, k) for k, v in reachable.items() if k.endswith("per image"))
     mosaics = {k: v for k, v in reachable.items() if k.endswith("mosaic")}
-    comparison = pca_comparison(ours_curve[ours_curve["layout"] == "whole set"], pca)
+    whole_curve = ours_curve[ours_curve["layout"] == "whole set"]
+    comparison = pca_comparison(whole_curve, pca)
+    shared = pd.concat(
+        [shared_rate_comparison(whole_curve, sweep) for _, sweep in learned.groupby("codec")]
+    )
+    best_learned = min((v, k) for k, v in learned_needed.items() if v is not None)
     metrics["targets"] = {
         "best_per_image_baseline": best_per_image[1],
         "its_bytes_for_our_psnr": round(best_per_image[0], 1),
@@ -238,6 +276,12 @@ def summary(
         "below_every_mosaic": all(metrics["bytes_per_image"] < v for v in mosaics.values()),
         "above_pca_at_every_shared_rate": bool((comparison["psnr"] > comparison["pca_psnr"]).all()),
         "shared_rates": len(comparison),
+        "best_learned": best_learned[1],
+        "its_bytes_for_our_psnr_learned": round(best_learned[0], 2),
+        "ratio_learned_whole_set": metrics["bytes_per_image"] / best_learned[0],
+        "ratio_learned_per_image_stream": metrics["bytes_per_image_stream"] / best_learned[0],
+        "above_learned_at_every_shared_rate": bool((shared["psnr"] > shared["other_psnr"]).all()),
+        "learned_shared_rates": len(shared),
     }
     return metrics
 
@@ -255,23 +299,33 @@ def write_curves(curves: pd.DataFrame, folder: str | Path) -> list[Path]:
     return paths
 
 
+def _label(chosen: pd.Series) -> str:
+    return f"{chosen['codec']}, {chosen['layout']}\n{chosen['setting']}\n" \
+        f"{chosen['bits_per_image'] / 8:.1f} B/image, {chosen['psnr']:.1f} dB"  # fmt: skip
+
+
 def picture_at_equal_bytes(
-    codec: LossyCodec, images: np.ndarray, rate: int, baselines: pd.DataFrame, path: str | Path,
-    shown: int = 16,
+    codec: LossyCodec, images: np.ndarray, rate: int, baselines: pd.DataFrame,
+    learned: pd.DataFrame, learned_folder: str | Path, path: str | Path,
 ) -> Path:  # fmt: skip
-    """The first ``shown`` images: originals, over ours at ``rate`` (decoded from the
-    whole-set file), over the baseline :func:`closest_baseline` picks for our bytes."""
+    """The first :data:`SHOWN` images: originals, over ours at ``rate`` (decoded from the
+    whole-set file), over the classic codec :func:`closest_baseline` picks for our bytes,
+    over the learned one :func:`nearest_learned` picks (as its stage decoded them)."""
     data = codec.compress(images, rate)
     ours_bytes = len(data) / len(images)
     other = closest_baseline(baselines, ours_bytes)
     quality = int(str(other["setting"]).split()[-1])
     _, theirs = lossy_round_trip(images, other["codec"], quality, other["layout"])
+    near = nearest_learned(learned, ours_bytes)
+    strip = load_strip(decoded_strip(learned_folder, near["codec"], near["setting"]), SIDE)
+    ours_quality = distortion(images, decoded := codec.decompress(data))["psnr"]
     return save_equal_bytes(
         [
-            ("original", images[:shown]),
-            (f"mnist-vae, rate {rate}\n{ours_bytes:.1f} B/image", codec.decompress(data)[:shown]),
-            (f"{other['codec']}, {other['layout']}\n{other['setting']}\n"
-             f"{other['bits_per_image'] / 8:.1f} B/image", theirs[:shown]),
+            ("original", images[:SHOWN]),
+            (f"mnist-vae, rate {rate}\n{ours_bytes:.1f} B/image, {ours_quality:.1f} dB",
+             decoded[:SHOWN]),
+            (_label(other), theirs[:SHOWN]),
+            (_label(near), strip.numpy()[:SHOWN]),
         ],
         path,
     )  # fmt: skip
