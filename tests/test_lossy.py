@@ -224,11 +224,17 @@ def test_curves_are_compared_where_both_reach_and_the_nearest_learned_point_is_s
     assert rd.shared_rate_comparison(ours, theirs.assign(bits_per_image=[80.0, 90.0])).empty
 
     learned = pd.DataFrame({
-        "codec": ["a", "a", "b", "b"], "setting": ["lambda 1", "lambda 2"] * 2,
-        "bits_per_image": [40.0, 400.0, 80.0, 800.0], "psnr": [15.0, 25.0, 17.0, 27.0],
+        "codec": ["a", "a", "a", "b", "b"],
+        "setting": ["lambda 1", "lambda 2", "lambda 3", "lambda 1", "lambda 2"],
+        "bits_per_image": [40.0, 100.0, 400.0, 80.0, 800.0],
+        "psnr": [12.0, 16.0, 25.0, 17.0, 27.0],
     })  # fmt: skip
-    chosen = rd.nearest_learned(learned, bytes_per_image=6.0)  # a's 5 bytes, b's 10: b is better
+    # for 16 dB, a needs 12.5 bytes and b cannot go that low (its smallest file: 10 bytes)
+    chosen = rd.nearest_learned(learned, bytes_per_image=6.0, psnr=16.0)
     assert (chosen["codec"], chosen["setting"]) == ("b", "lambda 1")
+    # for 20 dB, a needs 29.2 bytes and b 37: a, at its point nearest 6 bytes
+    chosen = rd.nearest_learned(learned, bytes_per_image=6.0, psnr=20.0)
+    assert (chosen["codec"], chosen["setting"]) == ("a", "lambda 1")
 
 
 def test_the_lossy_decoder_lowers_the_squared_error_and_travels_with_the_weights(

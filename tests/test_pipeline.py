@@ -307,7 +307,8 @@ def test_the_rate_distortion_stage_measures_ours_beside_the_baselines(project):
     assert set(metrics["baseline_bytes_to_match_psnr"]) >= {"JPEG XL, per image", "WebP, mosaic"}
     learned = {f"{name}, per image" for name in ("bmshj2018-factorized", "bmshj2018-hyperprior")}
     assert set(metrics["learned_bytes_to_match_psnr"]) >= learned
-    assert metrics["targets"]["best_learned"] in learned
+    # one epoch on 256 digits: the small slice's learned codecs may all miss our PSNR
+    assert metrics["targets"]["best_learned"] in {*learned, "none reaches our PSNR"}
     for name in ("bmshj2018-factorized", "bmshj2018-hyperprior"):  # beside ours in dvc plots
         assert len(pd.read_csv(curves / f"{name}_per_image.csv")) == 1  # one lambda
     plotted = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]

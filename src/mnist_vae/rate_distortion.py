@@ -163,12 +163,18 @@ def shared_rate_comparison(ours: pd.DataFrame, other: pd.DataFrame) -> pd.DataFr
     })  # fmt: skip
 
 
-def nearest_learned(learned: pd.DataFrame, bytes_per_image: float) -> pd.Series:
-    """The learned codec to show beside ours: each model's point nearest ``bytes_per_image``
-    (by ratio), and of those the one with the best PSNR."""
-    distance = np.abs(np.log(learned["bits_per_image"] / 8 / bytes_per_image))
-    nearest = learned.loc[distance.groupby(learned["codec"]).idxmin()]
-    return nearest.loc[nearest["psnr"].idxmax()]
+def nearest_learned(learned: pd.DataFrame, bytes_per_image: float, psnr: float) -> pd.Series:
+    """The learned point to show beside ours: the best learned codec (the fewest bytes per
+    image for ``psnr``; one that cannot go that low counts its smallest file), at its point
+    nearest ``bytes_per_image`` (by ratio)."""
+
+    def cost(sweep: pd.DataFrame) -> float:
+        needed = bytes_for(sweep, psnr)
+        return np.inf if needed is None else needed
+
+    best = min(learned.groupby("codec", sort=False), key=lambda item: cost(item[1]))[1]
+    distance = np.abs(np.log(best["bits_per_image"] / 8 / bytes_per_image))
+    return best.loc[distance.idxmin()]
 
 
 def closest_baseline(baselines: pd.DataFrame, bytes_per_image: float) -> pd.Series:
@@ -267,7 +273,8 @@ def summary(
     shared = pd.concat(
         [shared_rate_comparison(whole_curve, sweep) for _, sweep in learned.groupby("codec")]
     )
-    best_learned = min((v, k) for k, v in learned_needed.items() if v is not None)
+    reaching = [(v, k) for k, v in learned_needed.items() if v is not None]
+    best_bytes, best_learned = min(reaching) if reaching else (None, "none reaches our PSNR")
     metrics["targets"] = {
         "best_per_image_baseline": best_per_image[1],
         "its_bytes_for_our_psnr": round(best_per_image[0], 1),
@@ -276,10 +283,11 @@ def summary(
         "below_every_mosaic": all(metrics["bytes_per_image"] < v for v in mosaics.values()),
         "above_pca_at_every_shared_rate": bool((comparison["psnr"] > comparison["pca_psnr"]).all()),
         "shared_rates": len(comparison),
-        "best_learned": best_learned[1],
-        "its_bytes_for_our_psnr_learned": round(best_learned[0], 2),
-        "ratio_learned_whole_set": metrics["bytes_per_image"] / best_learned[0],
-        "ratio_learned_per_image_stream": metrics["bytes_per_image_stream"] / best_learned[0],
+        "best_learned": best_learned,
+        "its_bytes_for_our_psnr_learned": best_bytes and round(best_bytes, 2),
+        "ratio_learned_whole_set": best_bytes and metrics["bytes_per_image"] / best_bytes,
+        "ratio_learned_per_image_stream": best_bytes
+        and metrics["bytes_per_image_stream"] / best_bytes,
         "above_learned_at_every_shared_rate": bool((shared["psnr"] > shared["other_psnr"]).all()),
         "learned_shared_rates": len(shared),
     }
@@ -310,15 +318,15 @@ def picture_at_equal_bytes(
 ) -> Path:  # fmt: skip
     """The first :data:`SHOWN` images: originals, over ours at ``rate`` (decoded from the
     whole-set file), over the classic codec :func:`closest_baseline` picks for our bytes,
-    over the learned one :func:`nearest_learned` picks (as its stage decoded them)."""
+    over the learned point :func:`nearest_learned` picks (as its stage decoded them)."""
     data = codec.compress(images, rate)
     ours_bytes = len(data) / len(images)
     other = closest_baseline(baselines, ours_bytes)
     quality = int(str(other["setting"]).split()[-1])
     _, theirs = lossy_round_trip(images, other["codec"], quality, other["layout"])
-    near = nearest_learned(learned, ours_bytes)
-    strip = load_strip(decoded_strip(learned_folder, near["codec"], near["setting"]), SIDE)
     ours_quality = distortion(images, decoded := codec.decompress(data))["psnr"]
+    near = nearest_learned(learned, ours_bytes, ours_quality)
+    strip = load_strip(decoded_strip(learned_folder, near["codec"], near["setting"]), SIDE)
     return save_equal_bytes(
         [
             ("original", images[:SHOWN]),
