@@ -271,3 +271,30 @@ def test_the_lossy_decoder_lowers_the_squared_error_and_travels_with_the_weights
             )
         expected = torch.round(direct.squeeze(1) * 255).clamp(0, 255).to(torch.uint8).numpy()
         assert np.array_equal(decoded, expected)
+
+
+def _sweep(codec: str, layout: str, points: list[tuple[float, float]]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"codec": codec, "layout": layout, "setting": f"q {i}", "bits_per_image": bits,
+         "psnr": psnr, "ssim": 0.5}
+        for i, (bits, psnr) in enumerate(points)
+    ])  # fmt: skip
+
+
+def test_the_summary_compares_ours_with_the_learned_codecs_or_says_none_reaches():
+    ours = pd.concat([
+        _sweep(rd.OURS, layout, [(8.0 * (1 + extra), 10.0), (40.0 * (1 + extra), 19.0)])
+        for layout, extra in (("whole set", 0), ("per image", 1))
+    ]).assign(setting=["rate 0", "rate 6"] * 2)  # fmt: skip
+    pca = _sweep("PCA", "whole set", [(10.0, 9.0), (80.0, 15.0)])
+    classic = pd.concat([_sweep("JPEG", layout, [(800.0, 20.0), (1600.0, 30.0)])
+                         for layout in ("per image", "mosaic")])  # fmt: skip
+    learned = _sweep("a", "per image", [(32.0, 15.0), (160.0, 23.0)])
+    metrics = rd.summary(ours, ours, pca, classic, learned, rate=6)
+    t = metrics["targets"]
+    assert t["best_learned"] == "a, per image" and t["its_bytes_for_our_psnr_learned"] == 12.0
+    assert t["ratio_learned_whole_set"] == pytest.approx(5 / 12)  # 40 bits are 5 bytes
+    assert t["above_learned_at_every_shared_rate"] and t["learned_shared_rates"] == 2
+    weaker = _sweep("a", "per image", [(64.0, 12.0), (160.0, 18.0)])  # never 19 dB
+    t = rd.summary(ours, ours, pca, classic, weaker, rate=6)["targets"]
+    assert t["best_learned"] == "none reaches our PSNR" and t["ratio_learned_whole_set"] is None
