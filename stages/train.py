@@ -17,7 +17,6 @@ train.batch_size is then per process, and only rank 0 writes outputs and talks t
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from mnist_vae import CPU_KERNELS, distributed, environment, tracking
 from mnist_vae.checkpoint import Checkpoint, training_fingerprint
@@ -74,10 +73,7 @@ def main() -> None:
             print(f"train: sampler: {config.sampler_components} Gaussians fitted to "
                   f"{len(train_x)} codes ({score:.2f} nats per code)", flush=True)  # fmt: skip
         if epochs := params.train.lossy_decoder_epochs:
-            targets = train_x
-            if params.data.binarize == "dynamic":  # the lossy codec sees binary digits
-                targets = torch.bernoulli(train_x, generator=torch.Generator().manual_seed(0))
-            errors = fit_lossy_decoder(model, targets, epochs, params.seed,
+            errors = fit_lossy_decoder(model, train_x, epochs, params.seed, params.data.binarize,
                                        progress=bar_over("lossy decoder"))  # fmt: skip
             print(f"train: lossy decoder: {epochs} epochs on the codes of {len(train_x)} "
                   f"images at every rate level, squared error {errors[0]:.5f} -> "

@@ -509,6 +509,7 @@ def fit_lossy_decoder(
     images: torch.Tensor,
     epochs: int,
     seed: int,
+    binarize: str = "none",
     batch_size: int = 128,
     lr: float = 1e-3,
     progress: Callable[[Iterable], Iterable] = iter,
@@ -516,7 +517,11 @@ def fit_lossy_decoder(
     """Give the trained ``model`` its lossy decoder and train it: for each training image
     (``[N, 1, H, W]`` in [0, 1]) at a random level, its code's centroid in, the image out,
     squared error, Adam at ``lr`` cosine-decayed to 0; ``progress`` wraps each epoch's
-    batches. Returns each epoch's mean squared error (pixels in [0, 1])."""
+    batches. With ``binarize="dynamic"`` the targets are the images drawn once as Bernoulli
+    pixels (the lossy codec then sees binary digits). Returns each epoch's mean squared error
+    (pixels in [0, 1])."""
+    if binarize == "dynamic":
+        images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)  # the new head's initial weights
     decoder = model.add_lossy_decoder()
     codec = LossyCodec(model, b"")
