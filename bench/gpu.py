@@ -3,7 +3,7 @@
 Trains with params.yaml exactly as the train stage would on a CUDA device (dataset on the
 GPU, batch ``train.cuda_batch_scale`` times larger, ``train.bf16`` / ``train.compile`` as
 set, or forced with the flags below) and prints the wall time and the test negative ELBO.
-``--binarized`` then trains the README's binarized-MNIST line (the same overrides as
+``--binarized`` then trains the binarized-MNIST line of docs/results.md (the same overrides as
 BINARIZED below) and prints its importance-weighted test NLL with 1000 samples.
 
     python bench/gpu.py                       # default params on CUDA
@@ -28,7 +28,7 @@ from mnist_vae.params import Params, load_params
 from mnist_vae.training import fit, seeded_model
 
 DATA = Path("data/mnist")
-# The README's line: dvc exp run -S data.binarize=dynamic -S latent_dim=32 \
+# docs/results.md's line: dvc exp run -S data.binarize=dynamic -S latent_dim=32 \
 #                                  -S train.epochs=200 -S evaluate.iw_samples=1000
 BINARIZED = {"latent_dim": 32, "epochs": 200, "iw_samples": 1000}
 

@@ -1,5 +1,5 @@
 """Latency of the served model: `mlflow models serve` on 127.0.0.1, `decode` requests of 64
-latent vectors (JSON over HTTP, as the README's curl), timed one after another.
+latent vectors (JSON over HTTP, as in docs/tracking.md), timed one after another.
 
     python bench/serving.py                          # models:/mnist-vae/latest, 200 requests
     python bench/serving.py --model models:/mnist-vae@champion --requests 500

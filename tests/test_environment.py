@@ -48,7 +48,7 @@ def test_what_the_user_set_wins_over_the_pin():
     env = {"ATEN_CPU_CAPABILITY": "default"}
     assert pin_cpu_kernels(env, flags={"avx2"}) == PINNED
     assert env["ATEN_CPU_CAPABILITY"] == "default"
-    assert env["MKL_CBWR"] == "AVX2"
+    assert env["MKL_CBWR"] == "AVX2,STRICT"
 
 
 @pytest.mark.parametrize("value", ["1", "yes"])
@@ -92,7 +92,7 @@ def test_importing_the_package_pins_torch_and_the_record_says_so():
     pinned = _in_fresh_process({})
     assert pinned["cpu_kernels"] == "avx2"
     assert pinned["cpu_capability"] == "AVX2"  # what torch itself reports
-    assert (pinned["mkl_cbwr"], pinned["dnnl_max_cpu_isa"]) == ("AVX2", "AVX2")
+    assert (pinned["mkl_cbwr"], pinned["dnnl_max_cpu_isa"]) == ("AVX2,STRICT", "AVX2")
     assert pinned["torch"] == __import__("torch").__version__
     assert pinned["device"] == "cpu" and pinned["threads"] >= 1
 

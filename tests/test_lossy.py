@@ -68,6 +68,31 @@ def test_both_layouts_give_the_same_8_bit_images(codec, test_digits, rate):
     assert np.array_equal(whole, codec.images(codec.codes(test_digits, setting), setting))
 
 
+def test_a_sweep_encodes_once_and_decodes_each_code_once_with_the_same_result(
+    folder, test_digits
+):
+    """The codec remembers the last images' posterior means and the last codes' pictures:
+    a hit gives what a fresh codec computes, and other images or codes are never served
+    from the memo."""
+    fresh = LossyCodec.from_folder(folder)
+    sweeping = LossyCodec.from_folder(folder)
+    for rate in (0, 6, 12):
+        setting = sweeping.setting(rate)
+        codes = sweeping.codes(test_digits, setting)
+        assert np.array_equal(codes, fresh.codes(test_digits, fresh.setting(rate)))
+        pictures = sweeping.images(codes, setting)
+        pictures[0] = 0  # the caller's copy: the memo is not touched
+        again = sweeping.images(codes, setting)
+        assert np.array_equal(again, LossyCodec.from_folder(folder).images(codes, setting))
+        assert np.array_equal(sweeping.decompress(sweeping.compress(test_digits, rate)), again)
+    other = test_digits[::-1].copy()
+    assert np.array_equal(sweeping.codes(other, setting), fresh.codes(other, setting))
+    prior = sweeping.setting(12, "prior")
+    assert np.array_equal(
+        sweeping.images(codes, prior), LossyCodec.from_folder(folder).images(codes, prior)
+    )
+
+
 def test_the_points_of_a_cell_lie_in_it_and_average_to_its_conditional_mean():
     """The points a coarse code decodes: inside its cell, the same every time, and their
     mean is the mixture's mean in the cell (components independent per dimension)."""

@@ -61,7 +61,7 @@ SMALL = {
 }
 STAGES = {
     "download", "train", "generate", "compare", "classifier", "evaluate", "baselines",
-    "learned_baselines", "compress", "rate_distortion",
+    "learned_baselines", "compress", "rate_distortion", "overview",
 }  # fmt: skip
 DATA_ONLY = {"download", "classifier", "baselines", "learned_baselines"}  # retraining skips them
 TRACKING_SERVER_ENV = "MNIST_VAE_TRACKING_SERVER"  # a shared MLflow server (.ci/run starts one)
@@ -161,6 +161,8 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
     for grid in ("data/generated/grid.png", "data/comparison/grid.png"):
         with Image.open(project / grid) as image:
             assert image.size[0] > 28 and image.size[1] > 28
+    with Image.open(project / "docs/assets/overview.png") as overview:  # the README's picture
+        assert overview.size[0] > 2 * overview.size[1] > 200
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == STAGES
@@ -492,7 +494,12 @@ def test_the_server_answers_1000_mixed_requests_from_8_clients_without_growing(p
         assert _listening_addresses(port) == {"127.0.0.1"}
         url = f"http://127.0.0.1:{port}/invocations"
         rng = np.random.default_rng(0)
-        good = [{"inputs": rng.standard_normal((4, 10)).tolist()} for _ in range(4)]
+        # three cheap requests (the encoder) to one decode (the autoregressive decoder takes
+        # 784 steps a picture): concurrency and memory, not the decoder's speed
+        good = [
+            {"inputs": rng.random((4, 28, 28)).tolist(), "params": {"mode": "encode"}}
+            for _ in range(3)
+        ] + [{"inputs": rng.standard_normal((1, 10)).tolist()}]
         expected = []
         for request in good:
             status, body = _post(url, request)
@@ -537,7 +544,7 @@ def test_a_forced_repro_gives_byte_identical_outputs(project):
     ones depend on the data only.)"""
     project, env, _ = project
     outputs = ["data/model", "data/generated", "data/comparison", "data/evaluation",
-               "data/compression", "data/metrics"]  # fmt: skip
+               "data/compression", "data/metrics", "docs/assets"]  # fmt: skip
     before = _file_hashes(project, outputs)
     output = _sh("dvc", "repro", "--force", "--downstream", "train", cwd=project, env=env)
     assert sorted(_stages_run(output)) == sorted(STAGES - DATA_ONLY)
@@ -550,7 +557,7 @@ def test_dvc_push_then_a_fresh_clone_pulls_everything_without_retraining(project
     remote = tmp_path / "remote"
     _sh("dvc", "remote", "add", "--default", "shared", str(remote), cwd=project, env=env)
     _sh("dvc", "push", cwd=project, env=env)
-    _sh("git", "add", ".dvc/config", "dvc.lock", "data", cwd=project, env=env)
+    _sh("git", "add", ".dvc/config", "dvc.lock", "data", "docs/assets", cwd=project, env=env)
     _sh("git", "commit", "-qm", "pipeline results and the remote", cwd=project, env=env)
 
     # without the remote, a clone fetches the data again but finds the learned codecs'
@@ -949,7 +956,7 @@ def test_queued_experiments_run_side_by_side_into_one_store_then_apply(project):
 
     _edit_params(project, {"generate": {"n_samples": 3}})
     output = _sh("dvc", "repro", cwd=project, env=env)
-    assert _stages_run(output) == ["generate"]
+    assert _stages_run(output) == ["generate", "overview"]  # and the picture that shows them
     assert len(list((project / "data/generated/samples").glob("*.png"))) == 3
 
 

@@ -1,4 +1,7 @@
-"""The stage scripts fail fast, with one clear line, before touching any output."""
+"""The stage scripts fail fast, with one clear line, before touching any output.
+
+The tests that launch a stage script as DVC does (a new Python process, a few seconds each)
+are in the slow tier; the error handling every stage shares is tested in this process."""
 
 import os
 import re
@@ -13,6 +16,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, UNAU
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["train", "generate", "compare"])
 def test_bad_params_stop_the_stage_with_one_line(tmp_path, stage):
     (tmp_path / "params.yaml").write_text("latent_dim: 0\n")
@@ -30,6 +34,7 @@ def test_bad_params_stop_the_stage_with_one_line(tmp_path, stage):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.slow
 def test_download_without_any_reachable_source_explains_mnist_mirror(tmp_path):
     # The official mirrors go through a proxy on a closed loopback port: never the internet.
     result = subprocess.run(
@@ -64,6 +69,7 @@ def _train_on_tiny_data(tmp_path, tiny_mnist, params: str) -> subprocess.Complet
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_batch_larger_than_the_data_stops_the_train_stage_before_any_work(tmp_path, tiny_mnist):
     result = _train_on_tiny_data(tmp_path, tiny_mnist, "train: {batch_size: 64}\n")
     assert result.returncode == 1
@@ -75,6 +81,7 @@ def test_a_batch_larger_than_the_data_stops_the_train_stage_before_any_work(tmp_
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["mnist"]  # no model, no run
 
 
+@pytest.mark.slow
 def test_a_diverging_training_stops_with_where_and_marks_the_mlflow_run_failed(
     tmp_path, tiny_mnist
 ):

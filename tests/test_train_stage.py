@@ -38,7 +38,7 @@ PARAMS = {
     "model": {"decoder": "factorized"},
 }
 CHECKPOINT = Path("data/checkpoints/train.pt")
-TOLERANCE = 1e-3  # relative, on the test negative ELBO, across CPU kernels (README)
+TOLERANCE = 1e-3  # relative, on the test negative ELBO, across CPU kernels (docs: Reproducibility)
 
 pytestmark = pytest.mark.slow
 
@@ -200,8 +200,9 @@ def _train_json(folder: Path) -> dict:
 
 @pytest.mark.skipif(CPU_KERNELS != PINNED, reason="this CPU has no AVX2 kernels to pin")
 def test_another_thread_count_trains_bit_identical_weights(template, uninterrupted, tmp_path, env):
-    """The README's claim: with the CPU kernels pinned (the default), the thread count does not
-    change a bit of the weights or metrics; only the environment record says it differs."""
+    """The documented claim (docs/reproducibility.md): with the CPU kernels pinned (the
+    default), the thread count does not change a bit of the weights or metrics; only the
+    environment record says it differs."""
     folder = _copy(template, tmp_path, "one-thread")
     _finish(_stage("train", folder, {**env, "OMP_NUM_THREADS": "1"}))
     assert _same_weights(folder, uninterrupted)
@@ -219,8 +220,8 @@ def test_another_thread_count_trains_bit_identical_weights(template, uninterrupt
 
 def test_native_kernels_land_within_the_stated_tolerance(template, uninterrupted, tmp_path, env):
     """Without the pin, and with ATen's kernels at another instruction set (here: scalar, as on
-    a CPU with no vector units ATen knows), the test negative ELBO stays within the README's
-    tolerance of the pinned run's: 0.1% (README: Reproducibility)."""
+    a CPU with no vector units ATen knows), the test negative ELBO stays within the documented
+    tolerance of the pinned run's: 0.1% (docs/reproducibility.md)."""
     folder = _copy(template, tmp_path, "native")
     inherited = (*PINNED_KERNELS, SET_BY_PIN)
     native = {k: v for k, v in env.items() if k not in inherited}

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 COLUMNS = ["codec", "layout", "setting", "bytes", "bits_per_image", "psnr", "ssim"]
+OURS = "mnist-vae"
+"""the codec name of our curves"""
 SHOWN = 16
 """digits in the equal-bytes picture (the first test digits)"""
 

@@ -4,10 +4,12 @@ PyTorch's CPU kernels pick their instruction set at run time: ATen's vectorised 
 (``ATEN_CPU_CAPABILITY``), oneDNN's convolutions (``DNNL_MAX_CPU_ISA``) and MKL's matrix
 products (``MKL_CBWR``) each take the widest the CPU has, and AVX-512 kernels sum in another
 order than AVX2 ones, so the same seed gives other weights on another CPU. Measured here
-(``bench/reproducibility.py``, README: Reproducibility): capping all three at AVX2 makes
-training bit-identical whatever the instruction set above AVX2 and whatever the thread count,
-for about 11% more training time. So the package caps them when it is imported, before
-torch computes anything, unless ``MNIST_VAE_NATIVE_CPU=1``.
+(``bench/reproducibility.py``, docs/reproducibility.md): capping all three at AVX2 makes
+training bit-identical whatever the instruction set above AVX2, for about 11% more training
+time. MKL's matrix products must also be in its strict mode (``MKL_CBWR=AVX2,STRICT``) for
+the thread count not to matter: on an Intel Xeon, ``AVX2`` alone gave other weights on one
+thread than on two (on an AMD EPYC it did not). So the package caps them when it is
+imported, before torch computes anything, unless ``MNIST_VAE_NATIVE_CPU=1``.
 
 Torch-free at import: ``mnist_vae/__init__.py`` runs :func:`pin_cpu_kernels` before any
 module imports torch, and ``python -m mnist_vae.params`` stays fast.
@@ -22,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 NATIVE_SWITCH = "MNIST_VAE_NATIVE_CPU"
-PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+PINNED_KERNELS = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "DNNL_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "AVX2,STRICT",  # STRICT: the same bits for any number of threads
+}
 PINNED = "avx2"  # what ``cpu_kernels`` reads when the pin is in force
 # Names of the variables the pin set (not the user): child processes inherit the pin, and one
 # started with the native switch must be able to take it back.

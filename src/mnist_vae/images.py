@@ -65,3 +65,8 @@ def load_strip(path: str | Path, side: int) -> torch.Tensor:
     """:func:`save_strip`'s images, ``uint8 [N, side, side]``."""
     strip = decode_png(read_file(str(path)), ImageReadMode.GRAY)[0]
     return torch.stack(strip.split(side, dim=1))
+
+
+def load_grey(path: str | Path) -> torch.Tensor:
+    """A PNG as 8-bit grey pixels, ``uint8 [H, W]``."""
+    return decode_png(read_file(str(path)), ImageReadMode.GRAY)[0]

@@ -25,7 +25,7 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
 from .baselines import lossy_round_trip
-from .curves import COLUMNS, SHOWN, decoded_strip, point
+from .curves import COLUMNS, OURS, SHOWN, decoded_strip, point
 from .distortion import distortion
 from .images import load_strip
 from .lossy import MAX_RATE, FactorizedCoder, LossyCodec
@@ -37,7 +37,6 @@ PCA_COMPONENTS = (5, 10, 20, 40, 80)
 PCA_STEPS = tuple(2.0 ** (2 - j / 2) for j in range(11))
 """steps in units of pixel values in [0, 1], 4 down to 1/8 (a component of the training set
 spreads by 2.3 at most, by 0.25 at the 80th): finer steps only reach rates far above ours"""
-OURS = "mnist-vae"
 
 
 def ours(

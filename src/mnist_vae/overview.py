@@ -1,0 +1,59 @@
+"""The picture of a run on the README's front page: samples from the prior, test digits over
+their reconstructions, and the rate-distortion curves, in one figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+from .curves import OURS
+from .params import LEARNED_CODECS
+
+# The curves worth a glance: ours, PCA, the learned codecs and the classic codecs per image
+# (what a user stores); the mosaics and the prior's curve stay in curves.png.
+SHOWN_LAYOUTS = ("whole set", "per image")
+YLIM = (12, 36)  # where the digits are told apart; curves.png has every point
+
+
+def shown_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """The curves the overview draws: every codec's whole-set or per-image curve."""
+    return curves[curves["layout"].isin(SHOWN_LAYOUTS)]
+
+
+def save_overview(
+    samples: np.ndarray, comparison: np.ndarray, curves: pd.DataFrame, path: str | Path
+) -> Path:
+    """``samples`` and ``comparison`` are the generate and compare stages' grids (H x W x C,
+    uint8); ``curves`` every rate-distortion point (the rate_distortion stage's CSVs)."""
+    figure = Figure(figsize=(15, 4.6), layout="constrained")
+    grids, chart = figure.subfigures(1, 2, width_ratios=[1.25, 1])
+    for ax, (title, grid) in zip(
+        grids.subplots(1, 2),
+        [("samples from the prior", samples), ("test digits over reconstructions", comparison)],
+        strict=True,
+    ):
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_axis_off()
+    ax = chart.subplots()
+    for (codec, layout), points in shown_curves(curves).groupby(["codec", "layout"], sort=False):
+        points = points.sort_values("bytes")
+        if codec == OURS:
+            line = "-" if layout == "whole set" else "--"
+            style = {"color": "black", "ls": line, "lw": 2, "marker": "o", "zorder": 3}
+        else:
+            learned = codec in LEARNED_CODECS
+            style = {"ls": "-." if learned else ":", "marker": "^" if learned else "."}
+        per_image = points["bits_per_image"] / 8
+        ax.plot(per_image, points["psnr"], ms=3, label=f"{codec}, {layout}", **style)
+    ax.set(xscale="log", xlabel="bytes per digit (written)", ylabel="PSNR (dB)", ylim=YLIM)
+    ax.set_title("lossy codecs on the test digits", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    return path
