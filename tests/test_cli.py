@@ -1,8 +1,8 @@
 """The ``mnist-vae`` command as a user types it: good runs, and one clear line for bad input.
 
-One round trip runs the installed console script in new processes; the other cases call its
-``main`` in this process (the same parser, the same error handling, the same exit status),
-which spares a second of start-up per call."""
+One round trip runs the installed console script in new processes (the slow tier: processes
+that import torch take seconds); the other cases call its ``main`` in this process (the same
+parser, the same error handling, the same exit status)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def _digits(workdir: Path) -> list[str]:
     return sorted(str(p.relative_to(workdir)) for p in (workdir / "digits").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_compress_then_decompress_gives_every_pixel_back(workdir):
     done = _run("compress", *_digits(workdir), "-o", "d.mvae", "--model", "model", cwd=workdir)
     assert done.returncode == 0, done.stderr

@@ -68,9 +68,7 @@ def test_both_layouts_give_the_same_8_bit_images(codec, test_digits, rate):
     assert np.array_equal(whole, codec.images(codec.codes(test_digits, setting), setting))
 
 
-def test_a_sweep_encodes_once_and_decodes_each_code_once_with_the_same_result(
-    folder, test_digits
-):
+def test_a_sweep_encodes_once_and_decodes_each_code_once_with_the_same_result(folder, test_digits):
     """The codec remembers the last images' posterior means and the last codes' pictures:
     a hit gives what a fresh codec computes, and other images or codes are never served
     from the memo."""
