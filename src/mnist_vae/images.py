@@ -63,8 +63,7 @@ def save_strip(pixels: torch.Tensor, path: str | Path) -> Path:
 
 def load_strip(path: str | Path, side: int) -> torch.Tensor:
     """:func:`save_strip`'s images, ``uint8 [N, side, side]``."""
-    strip = decode_png(read_file(str(path)), ImageReadMode.GRAY)[0]
-    return torch.stack(strip.split(side, dim=1))
+    return torch.stack(load_grey(path).split(side, dim=1))
 
 
 def load_grey(path: str | Path) -> torch.Tensor:

@@ -26,8 +26,9 @@ def shown_curves(curves: pd.DataFrame) -> pd.DataFrame:
 def save_overview(
     samples: np.ndarray, comparison: np.ndarray, curves: pd.DataFrame, path: str | Path
 ) -> Path:
-    """``samples`` and ``comparison`` are the generate and compare stages' grids (H x W x C,
-    uint8); ``curves`` every rate-distortion point (the rate_distortion stage's CSVs)."""
+    """``samples`` and ``comparison`` are the generate and compare stages' grids (grey,
+    ``uint8 [H, W]``); ``curves`` every rate-distortion point (the rate_distortion stage's
+    CSVs)."""
     figure = Figure(figsize=(15, 4.6), layout="constrained")
     grids, chart = figure.subfigures(1, 2, width_ratios=[1.25, 1])
     for ax, (title, grid) in zip(
