@@ -95,7 +95,8 @@ def time_stages(stages: list[str]) -> list[bool]:
         seconds[stage], _ = dvc_repro("--force", "--single-item", stage)
         print(f"  {stage:20s} {seconds[stage]:7.0f} s", flush=True)
     whole = sum(seconds.values())
-    after_train = sum(v for k, v in seconds.items() if k in downstream_of("train"))
+    downstream = downstream_of("train")
+    after_train = sum(v for k, v in seconds.items() if k in downstream)
     slowest = max((k for k in seconds if k != "train"), key=seconds.get)
     print()
     return [
