@@ -5,7 +5,7 @@ Usage: ``python bench/codec.py [--model data/model] [--limit N]``
 Compresses the test images (all 10,000 unless ``--limit``; binarized once with the fixed
 seed when the model was trained on binary pixels) with the model's bits-back codec,
 decompresses them with a fresh codec and checks every pixel, then measures every baseline
-of :mod:`mnist_vae.baselines` on the same images. The rate is the file's bytes x 8 over
+of :mod:`mnist_vae.compression.baselines` on the same images. The rate is the file's bytes x 8 over
 the pixels, header and start-up words included, model weights excluded. It also prints
 the model's negative ELBO (one posterior sample per image, as the codec draws) and the gap
 between the two.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from mnist_vae import baselines
-from mnist_vae.codec import BitsBackCodec, round_trip
+from mnist_vae.compression import baselines
+from mnist_vae.compression.lossless import BitsBackCodec, round_trip
 from mnist_vae.data import load_test_images, to_symbols
-from mnist_vae.metrics import bits_per_pixel
-from mnist_vae.training import held_out_loss
+from mnist_vae.evaluation.metrics import bits_per_pixel
+from mnist_vae.training.loop import held_out_loss
 
 DATA = Path("data/mnist")
 

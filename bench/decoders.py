@@ -5,7 +5,7 @@ the cosine schedule, seed), scored by the test negative ELBO in bits per pixel, 
 bits-back coder attains within a fraction of a percent (``bench/codec.py``):
 
 - ``factorized``: today's decoder, every pixel from z alone;
-- ``autoregressive``: the local pixel head (:mod:`mnist_vae.autoregressive`), each pixel
+- ``autoregressive``: the local pixel head (:mod:`mnist_vae.model.autoregressive`), each pixel
   also from the pixels above and to its left, for context radii 2 and 3 (r) and 32, 16 or
   8 feature channels from the decoder (f);
 - ``hierarchical``: two stochastic layers, z2 -> z1 -> x, with the Markov posterior
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from mnist_vae.data import batches, load_images, load_test_images
-from mnist_vae.likelihoods import likelihood
-from mnist_vae.losses import _gaussian_log_density, negative_elbo
-from mnist_vae.metrics import bits_per_pixel
-from mnist_vae.model import VAEConfig, build_model
-from mnist_vae.training import lr_schedule
+from mnist_vae.evaluation.metrics import bits_per_pixel
+from mnist_vae.model.likelihoods import likelihood
+from mnist_vae.model.vae import VAEConfig, build_model
+from mnist_vae.training.loop import lr_schedule
+from mnist_vae.training.losses import _gaussian_log_density, negative_elbo
 
 LOSS = "logistic_mixture"
 PIXELS = 28 * 28

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from mnist_vae.data import load_images, load_test_images
-from mnist_vae.losses import iwae_nll
-from mnist_vae.model import VAEConfig
+from mnist_vae.model.vae import VAEConfig
 from mnist_vae.params import Params, load_params
-from mnist_vae.training import fit, seeded_model
+from mnist_vae.training.loop import fit, seeded_model
+from mnist_vae.training.losses import iwae_nll
 
 DATA = Path("data/mnist")
 # docs/results.md's line: dvc exp run -S data.binarize=dynamic -S latent_dim=32 \

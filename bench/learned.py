@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mnist_vae import learned_codecs
+from mnist_vae.compression import learned
+from mnist_vae.compression.distortion import distortion
 from mnist_vae.data import load_images, load_test_images, to_symbols
-from mnist_vae.distortion import distortion
 from mnist_vae.params import load_params
 
 DATA = Path("data/mnist")
@@ -44,15 +44,13 @@ def main() -> None:
         setting = f"lambda {lmbda:g}"
         ours = stage.loc[(NAME, setting)]
         torch.manual_seed(p.seed)
-        model = learned_codecs.build(NAME, p.channels, p.latent_channels)
+        model = learned.build(NAME, p.channels, p.latent_channels)
         start = time.perf_counter()
-        training = learned_codecs.train(
-            model, train, lmbda, args.epochs, p.batch_size, p.lr, p.seed
-        )
+        training = learned.train(model, train, lmbda, args.epochs, p.batch_size, p.lr, p.seed)
         minutes = (time.perf_counter() - start) / 60
-        streams = learned_codecs.compress(model, test)
-        decoded = learned_codecs.decompress(model, streams)
-        assert (decoded == learned_codecs.intended(model, test)).all()
+        streams = learned.compress(model, test)
+        decoded = learned.decompress(model, streams)
+        assert (decoded == learned.intended(model, test)).all()
         quality = distortion(test, decoded)
         size = sum(map(len, streams)) / len(test)
         losses = " ".join(f"{v:.4f}" for v in training.epoch_losses)

@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mnist_vae import rate_distortion as rd
+from mnist_vae.compression import rate_distortion as rd
+from mnist_vae.compression.distortion import distortion
+from mnist_vae.compression.lossy import LossyCodec, points_per_code
 from mnist_vae.data import load_test_images, to_symbols
-from mnist_vae.distortion import distortion
-from mnist_vae.lossy import LossyCodec, points_per_code
 from mnist_vae.params import MAX_RATE, load_params
 
 

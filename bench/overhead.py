@@ -1,7 +1,7 @@
 """The train stage's loop against a bare PyTorch loop: images per second on the same model,
 batch size and data.
 
-The stage's loop is ``mnist_vae.training.train_epoch`` exactly as the train stage calls it
+The stage's loop is ``mnist_vae.training.loop.train_epoch`` exactly as the train stage calls it
 (seeded shuffling on a dedicated generator, the loss parts summed for the epoch's means,
 the learning-rate schedule stepped, the tqdm bar). The bare loop is the least a PyTorch
 user would write: shuffle, slice, forward, loss, backward, step. They take turns, epoch by
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from mnist_vae.data import load_images
-from mnist_vae.model import VAEConfig
+from mnist_vae.model.vae import VAEConfig
 from mnist_vae.params import load_params
-from mnist_vae.training import lr_schedule, seeded_model, train_epoch
+from mnist_vae.training.loop import lr_schedule, seeded_model, train_epoch
 
 DATA = Path("data/mnist")
 LOSS = "bce"  # the bare loop's loss: both loops compute the same thing

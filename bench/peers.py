@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from mnist_vae.data import batches, load_images, load_test_images
-from mnist_vae.losses import negative_elbo
-from mnist_vae.model import VAEConfig, VAEOutput
+from mnist_vae.model.vae import VAEConfig, VAEOutput
 from mnist_vae.params import load_params
-from mnist_vae.training import held_out_loss, seeded_model
+from mnist_vae.training.loop import held_out_loss, seeded_model
+from mnist_vae.training.losses import negative_elbo
 
 DATA = Path("data/mnist")
 LOSS = "bce"  # both sides on the Bernoulli negative ELBO, as pytorch/examples' VAE

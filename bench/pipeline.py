@@ -30,9 +30,9 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from mnist_vae import tracking
-from mnist_vae.metrics import bits_per_pixel
-from mnist_vae.model_folder import WEIGHTS_FILE
+from mnist_vae.evaluation.metrics import bits_per_pixel
+from mnist_vae.model.folder import WEIGHTS_FILE
+from mnist_vae.tracking import runs
 
 WEIGHTS = Path("data/model") / WEIGHTS_FILE
 PIXELS = 28 * 28
@@ -119,8 +119,8 @@ def main() -> None:
     if not WEIGHTS.exists():
         sys.exit("no trained model in data/model: run `dvc repro` (or this with --repro) first")
 
-    tracking.configure()
-    run_id = tracking.find_model_run(WEIGHTS)
+    runs.configure()
+    run_id = runs.find_model_run(WEIGHTS)
     if run_id is None:
         sys.exit(f"no MLflow run trained {WEIGHTS}: run `dvc repro --force train` to record one")
     run = mlflow.get_run(run_id)

@@ -66,10 +66,10 @@ def train_once(train_limit: int, epochs: int, threads: int) -> dict:
 
     from mnist_vae import CPU_KERNELS, environment
     from mnist_vae.data import load_images, load_test_images
-    from mnist_vae.distributed import Cluster
-    from mnist_vae.model import VAEConfig
+    from mnist_vae.model.vae import VAEConfig
     from mnist_vae.params import load_params
-    from mnist_vae.training import fit, plan_training, seeded_model
+    from mnist_vae.training.distributed import Cluster
+    from mnist_vae.training.loop import fit, plan_training, seeded_model
 
     torch.set_num_threads(threads)  # OMP_NUM_THREADS cannot go above the cores
     params = load_params()

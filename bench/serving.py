@@ -22,7 +22,7 @@ import urllib.request
 import mlflow
 import numpy as np
 
-from mnist_vae import tracking
+from mnist_vae.tracking import runs
 
 
 def free_port() -> int:
@@ -44,13 +44,13 @@ def post(url: str, payload: dict) -> tuple[int, bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=f"models:/{tracking.REGISTERED_MODEL}/latest")
+    parser.add_argument("--model", default=f"models:/{runs.REGISTERED_MODEL}/latest")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rows", type=int, default=64, help="latent vectors per request")
     args = parser.parse_args()
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    mlflow.set_tracking_uri(runs.tracking_uri())
+    env = {**os.environ, "MLFLOW_TRACKING_URI": runs.tracking_uri()}
     port = free_port()
     command = ["mlflow", "models", "serve", "-m", args.model, "--env-manager", "local",
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip

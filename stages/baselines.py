@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_vae import baselines
+from mnist_vae.compression import baselines
 from mnist_vae.data import load_test_images, to_symbols
 from mnist_vae.params import load_params
 from mnist_vae.progress import bar_over

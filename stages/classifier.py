@@ -6,8 +6,8 @@ data/metrics/classifier.json (its test accuracy, for dvc metrics).
 
 from pathlib import Path
 
-from mnist_vae.classifier import accuracy, save_classifier, train_classifier
 from mnist_vae.data import load_images
+from mnist_vae.evaluation.classifier import accuracy, save_classifier, train_classifier
 from mnist_vae.params import load_params
 from mnist_vae.stage import run, write_metrics
 

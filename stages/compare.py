@@ -9,13 +9,13 @@ from pathlib import Path
 
 import mlflow
 
-from mnist_vae import tracking
 from mnist_vae.data import load_images
 from mnist_vae.images import originals_over_reconstructions, save_each, save_grid, side_by_side
-from mnist_vae.model import load_model
-from mnist_vae.model_folder import WEIGHTS_FILE
+from mnist_vae.model.folder import WEIGHTS_FILE
+from mnist_vae.model.vae import load_model
 from mnist_vae.params import load_params
 from mnist_vae.stage import run
+from mnist_vae.tracking import runs
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
@@ -24,7 +24,7 @@ OUT = Path("data/comparison")
 
 def main() -> None:
     params = load_params()
-    tracking.configure()  # a server that refuses us stops the stage before any output
+    runs.configure()  # a server that refuses us stops the stage before any output
     model = load_model(MODEL_DIR)
     originals, _ = load_images(DATA, "test", params.compare.n_images, random_subset=False)
     reconstructions = model.reconstruct(originals)
@@ -35,7 +35,7 @@ def main() -> None:
     save_each(side_by_side(originals, reconstructions), OUT / "pairs", "pair")
     print(f"compare: {len(originals)} pairs in {OUT}/", flush=True)
 
-    with tracking.model_run(MODEL_DIR / WEIGHTS_FILE):
+    with runs.model_run(MODEL_DIR / WEIGHTS_FILE):
         mlflow.log_artifacts(str(OUT), "comparison")
 
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from mnist_vae import tracking
-from mnist_vae.codec import no_codec_reason, round_trip
+from mnist_vae.compression.lossless import no_codec_reason, round_trip
 from mnist_vae.data import load_test_images, to_symbols
-from mnist_vae.likelihoods import likelihood
-from mnist_vae.model import load_model
-from mnist_vae.model_folder import WEIGHTS_FILE
+from mnist_vae.model.folder import WEIGHTS_FILE
+from mnist_vae.model.likelihoods import likelihood
+from mnist_vae.model.vae import load_model
 from mnist_vae.params import load_params
 from mnist_vae.stage import run, write_metrics
+from mnist_vae.tracking import runs
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
@@ -36,7 +36,7 @@ TABLE = Path("data/metrics/codecs.csv")
 
 def main() -> None:
     params = load_params()
-    tracking.configure()  # a server that refuses us stops the stage before any output
+    runs.configure()  # a server that refuses us stops the stage before any output
     images, _ = load_test_images(DATA, params.data.test_limit, params.data.binarize)
     loss = load_model(MODEL_DIR).config.likelihood
     shutil.rmtree(OUT, ignore_errors=True)
@@ -64,7 +64,7 @@ def main() -> None:
             "bits_per_pixel": trip.bits_per_pixel}  # fmt: skip
     pd.concat([pd.DataFrame([ours]), table]).to_csv(TABLE, index=False)
 
-    with tracking.model_run(MODEL_DIR / WEIGHTS_FILE):
+    with runs.model_run(MODEL_DIR / WEIGHTS_FILE):
         logged = {**metrics, **trip.speed()}
         mlflow.log_metrics({f"compress.{k}": float(v) for k, v in logged.items()})
         mlflow.log_artifact(str(TABLE), "metrics")

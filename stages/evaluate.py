@@ -12,15 +12,15 @@ from pathlib import Path
 
 import mlflow
 
-from mnist_vae import tracking
-from mnist_vae.classifier import load_classifier
 from mnist_vae.data import load_test_images
-from mnist_vae.latent import save_pictures
-from mnist_vae.metrics import evaluate_vae
-from mnist_vae.model import load_model
-from mnist_vae.model_folder import WEIGHTS_FILE
+from mnist_vae.evaluation.classifier import load_classifier
+from mnist_vae.evaluation.latent import save_pictures
+from mnist_vae.evaluation.metrics import evaluate_vae
+from mnist_vae.model.folder import WEIGHTS_FILE
+from mnist_vae.model.vae import load_model
 from mnist_vae.params import load_params
 from mnist_vae.stage import run, write_metrics
+from mnist_vae.tracking import runs
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
@@ -31,7 +31,7 @@ PICTURES = Path("data/evaluation")
 
 def main() -> None:
     params = load_params()
-    tracking.configure()  # a server that refuses us stops the stage before any output
+    runs.configure()  # a server that refuses us stops the stage before any output
     p = params.evaluate
     model = load_model(MODEL_DIR)
     test_x, test_y = load_test_images(DATA, params.data.test_limit, params.data.binarize)
@@ -58,11 +58,11 @@ def main() -> None:
         pairs=p.interpolations, interpolation_steps=p.interpolation_steps,
     )  # fmt: skip
 
-    with tracking.model_run(MODEL_DIR / WEIGHTS_FILE) as mlflow_run:
+    with runs.model_run(MODEL_DIR / WEIGHTS_FILE) as mlflow_run:
         mlflow.log_metrics({f"eval.{k}": v for k, v in result.summary.items()})
         mlflow.log_artifacts(str(PICTURES), "evaluation")
         mlflow.log_artifacts(str(METRICS_DIR), "metrics")
-        print(f"evaluate: {tracking.promote_if_better(mlflow_run.info.run_id)}", flush=True)
+        print(f"evaluate: {runs.promote_if_better(mlflow_run.info.run_id)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from pathlib import Path
 import mlflow
 import torch
 
-from mnist_vae import tracking
 from mnist_vae.images import save_each, save_grid
-from mnist_vae.model import load_model
-from mnist_vae.model_folder import WEIGHTS_FILE
+from mnist_vae.model.folder import WEIGHTS_FILE
+from mnist_vae.model.vae import load_model
 from mnist_vae.params import load_params
 from mnist_vae.stage import run
+from mnist_vae.tracking import runs
 
 MODEL_DIR = Path("data/model")
 OUT = Path("data/generated")
@@ -22,7 +22,7 @@ OUT = Path("data/generated")
 
 def main() -> None:
     params = load_params()
-    tracking.configure()  # a server that refuses us stops the stage before any output
+    runs.configure()  # a server that refuses us stops the stage before any output
     model = load_model(MODEL_DIR)
     images = model.sample(params.generate.n_samples, torch.Generator().manual_seed(params.seed))
 
@@ -31,7 +31,7 @@ def main() -> None:
     save_each(images, OUT / "samples", "sample")
     print(f"generate: {len(images)} samples in {OUT}/", flush=True)
 
-    with tracking.model_run(MODEL_DIR / WEIGHTS_FILE):
+    with runs.model_run(MODEL_DIR / WEIGHTS_FILE):
         mlflow.log_artifacts(str(OUT), "generated")
 
 

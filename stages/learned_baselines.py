@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mnist_vae import learned_codecs
-from mnist_vae.curves import SHOWN, decoded_strip, point
+from mnist_vae.compression import learned
+from mnist_vae.compression.curves import SHOWN, decoded_strip, point
+from mnist_vae.compression.distortion import distortion
 from mnist_vae.data import load_images, load_test_images, to_symbols
-from mnist_vae.distortion import distortion
 from mnist_vae.images import save_strip
 from mnist_vae.params import load_params
 from mnist_vae.progress import bar_over
@@ -47,7 +47,7 @@ def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     curves, trainings, total = [], [], 0.0
     for name in p.models:
-        for trained in learned_codecs.sweep(name, p, train, test, bar_over):
+        for trained in learned.sweep(name, p, train, test, bar_over):
             setting = f"lambda {trained.lmbda:g}"
             size = sum(map(len, trained.streams))
             quality = distortion(test, trained.decoded)

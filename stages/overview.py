@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mnist_vae.evaluation.overview import save_overview
 from mnist_vae.images import load_grey
-from mnist_vae.overview import save_overview
 from mnist_vae.stage import run
 
 SAMPLES = Path("data/generated/grid.png")

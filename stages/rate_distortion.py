@@ -18,14 +18,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from mnist_vae import rate_distortion as rd
-from mnist_vae import tracking
+from mnist_vae.compression import rate_distortion as rd
+from mnist_vae.compression.lossy import LossyCodec
 from mnist_vae.data import load_images, load_test_images, to_symbols
-from mnist_vae.lossy import LossyCodec
-from mnist_vae.model_folder import WEIGHTS_FILE
+from mnist_vae.model.folder import WEIGHTS_FILE
 from mnist_vae.params import MAX_RATE, load_params
 from mnist_vae.progress import bar_over
 from mnist_vae.stage import run, write_metrics
+from mnist_vae.tracking import runs
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
@@ -38,7 +38,7 @@ METRICS = Path("data/metrics/lossy.json")
 
 def main() -> None:
     params = load_params()
-    tracking.configure()  # a server that refuses us stops the stage before any output
+    runs.configure()  # a server that refuses us stops the stage before any output
     p = params.data
     images = to_symbols(load_test_images(DATA, p.test_limit, p.binarize)[0], 256).numpy()
     train = to_symbols(load_images(DATA, "train", p.train_limit, params.seed)[0], 256).numpy()
@@ -64,7 +64,7 @@ def main() -> None:
     (OUT / "test-lossy.mvae").write_bytes(codec.compress(images, params.lossy.rate))
     write_metrics(METRICS, metrics)
 
-    with tracking.model_run(MODEL_DIR / WEIGHTS_FILE):
+    with runs.model_run(MODEL_DIR / WEIGHTS_FILE):
         flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"lossy.{k}": float(v) for k, v in flat.items()})
         mlflow.log_artifacts(str(OUT), "rate_distortion")

@@ -18,18 +18,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_vae import CPU_KERNELS, distributed, environment, tracking
-from mnist_vae.checkpoint import Checkpoint, training_fingerprint
+from mnist_vae import CPU_KERNELS, environment
+from mnist_vae.compression.lossy import fit_lossy_decoder
 from mnist_vae.data import OFFICIAL_MIRRORS, dataset_digest, load_images, load_test_images
-from mnist_vae.lossy import fit_lossy_decoder
-from mnist_vae.model import VAEConfig, save_model
-from mnist_vae.model_folder import WEIGHTS_FILE
+from mnist_vae.model.folder import WEIGHTS_FILE
+from mnist_vae.model.sampler import check_sampler, fit_sampler
+from mnist_vae.model.vae import VAEConfig, save_model
 from mnist_vae.params import load_params
 from mnist_vae.progress import bar_over
-from mnist_vae.pyfunc import log_pyfunc_model
-from mnist_vae.sampler import check_sampler, fit_sampler
 from mnist_vae.stage import run, write_metrics
-from mnist_vae.training import fit, peak_memory_mib, plan_training, seeded_model
+from mnist_vae.tracking import runs
+from mnist_vae.tracking.pyfunc import log_pyfunc_model
+from mnist_vae.training import distributed
+from mnist_vae.training.checkpoint import Checkpoint, training_fingerprint
+from mnist_vae.training.loop import fit, peak_memory_mib, plan_training, seeded_model
 
 DATA = Path("data/mnist")
 MODEL_DIR = Path("data/model")
@@ -52,7 +54,7 @@ def main() -> None:
     machine = environment.record(str(plan.device), CPU_KERNELS)
     with (
         distributed.process_group(cluster, plan.device),
-        tracking.training_run(
+        runs.training_run(
             params, plan.as_params(), data_checksum=digest, source_url=OFFICIAL_MIRRORS[0],
             datasets={"training": train_x, "testing": test_x},
             resume_run_id=resume and resume["run_id"], environment=machine,
@@ -87,8 +89,8 @@ def main() -> None:
         pd.DataFrame([m.as_dict() for m in result.history]).to_csv(HISTORY, index=False)
         costs = {"train_seconds": result.seconds, "peak_rss_mib": memory}
         mlflow_run.log_outputs(MODEL_DIR / WEIGHTS_FILE, HISTORY, costs)
-        info = log_pyfunc_model(MODEL_DIR, params.latent_dim, tracking.REGISTERED_MODEL)
-        print(f"train: registered {tracking.REGISTERED_MODEL} version "
+        info = log_pyfunc_model(MODEL_DIR, params.latent_dim, runs.REGISTERED_MODEL)
+        print(f"train: registered {runs.REGISTERED_MODEL} version "
               f"{info.registered_model_version} (run {info.run_id})", flush=True)  # fmt: skip
     checkpoint.remove()
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_vae.autoregressive import causal_offsets
-from mnist_vae.codec import HEADER_BYTES, BitsBackCodec, Header
+from mnist_vae.compression.container import HEADER_BYTES, Header
+from mnist_vae.compression.fixed_point import ExactNetwork
+from mnist_vae.compression.lossless import BitsBackCodec
 from mnist_vae.errors import CodecError
-from mnist_vae.fixed_point import ExactNetwork
-from mnist_vae.model import VAEConfig, load_model, save_model
-from mnist_vae.training import seeded_model
+from mnist_vae.model.autoregressive import causal_offsets
+from mnist_vae.model.vae import VAEConfig, load_model, save_model
+from mnist_vae.training.loop import seeded_model
 
 CONFIG = VAEConfig(latent_dim=4, likelihood="logistic_mixture", decoder="autoregressive")
 
@@ -122,7 +123,7 @@ def test_a_stream_decodes_in_another_process_with_one_thread(codec, folder, digi
     code = (
         "import sys, numpy as np, torch\n"
         "torch.set_num_threads(1)\n"
-        "from mnist_vae.codec import BitsBackCodec\n"
+        "from mnist_vae.compression.lossless import BitsBackCodec\n"
         "codec = BitsBackCodec.from_folder(sys.argv[1])\n"
         "np.save(sys.argv[3], codec.decompress(open(sys.argv[2], 'rb').read()))\n"
     )

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mnist_vae import baselines
+from mnist_vae.compression import baselines
 
 
 def test_a_mosaic_tiles_row_by_row_and_pads_with_black():

@@ -4,8 +4,8 @@ import dataclasses
 
 import torch
 
-from mnist_vae.checkpoint import Checkpoint, training_fingerprint
 from mnist_vae.params import Params
+from mnist_vae.training.checkpoint import Checkpoint, training_fingerprint
 
 
 def test_a_checkpoint_reads_back_only_for_its_own_fingerprint(tmp_path, capsys):

@@ -1,6 +1,6 @@
 import torch
 
-from mnist_vae.classifier import (
+from mnist_vae.evaluation.classifier import (
     FeatureExtractor,
     accuracy,
     load_classifier,

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_vae import tracking
 from mnist_vae.cli import main
-from mnist_vae.model import VAEConfig, save_model
-from mnist_vae.pyfunc import log_pyfunc_model
-from mnist_vae.training import seeded_model
+from mnist_vae.model.vae import VAEConfig, save_model
+from mnist_vae.tracking import runs
+from mnist_vae.tracking.pyfunc import log_pyfunc_model
+from mnist_vae.training.loop import seeded_model
 
 EXE = str(Path(sys.executable).with_name("mnist-vae"))
 
@@ -138,14 +138,14 @@ def test_a_model_from_the_mlflow_registry(cli, workdir, tmp_path, monkeypatch):
     store = tmp_path / "store"
     store.mkdir()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.configure(store)
+    runs.configure(store)
     with mlflow.start_run():
-        log_pyfunc_model(workdir / "model", 4, tracking.REGISTERED_MODEL)
+        log_pyfunc_model(workdir / "model", 4, runs.REGISTERED_MODEL)
     mlflow.set_tracking_uri(None)
     for name in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("DVC_ROOT", str(store))  # where the pipeline's store is found
-    uri = f"models:/{tracking.REGISTERED_MODEL}/1"
+    uri = f"models:/{runs.REGISTERED_MODEL}/1"
     done = cli("compress", *_digits(workdir), "-o", str(tmp_path / "r.mvae"), "--model", uri,
                 cwd=workdir)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -153,7 +153,7 @@ def test_a_model_from_the_mlflow_registry(cli, workdir, tmp_path, monkeypatch):
                 "--model", "model", cwd=workdir)  # fmt: skip
     assert done.returncode == 0, done.stderr  # the registry's model is the folder's model
     done = cli("compress", "digits/d0.png", "-o", str(tmp_path / "n.mvae"), "--model",
-                f"models:/{tracking.REGISTERED_MODEL}/7", cwd=workdir)  # fmt: skip
+                f"models:/{runs.REGISTERED_MODEL}/7", cwd=workdir)  # fmt: skip
     assert done.returncode == 1 and "cannot load the model models:/mnist-vae/7" in done.stderr
     shutil.rmtree(tmp_path / "out")
 
@@ -177,7 +177,7 @@ def test_lossy_compression_round_trips_through_the_command_line(cli, workdir, tm
 
 
 def test_a_served_stream_decompresses_on_the_command_line(cli, workdir):
-    from mnist_vae.serving import VAEPyfunc
+    from mnist_vae.tracking.serving import VAEPyfunc
 
     digit = np.asarray(Image.open(workdir / _digits(workdir)[0]), dtype=np.float32) / 255
     stream = (
@@ -192,14 +192,14 @@ def test_a_served_stream_decompresses_on_the_command_line(cli, workdir):
 
 
 def test_the_served_model_is_logged_again_with_the_current_code(workdir, tmp_path, monkeypatch):
-    from mnist_vae.pyfunc import main as relog
+    from mnist_vae.tracking.pyfunc import main as relog
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert relog([str(workdir / "model")]) == 0
-    tracking.configure(tmp_path)
+    runs.configure(tmp_path)
     client = mlflow.MlflowClient()
-    (version,) = client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
+    (version,) = client.search_model_versions(f"name = '{runs.REGISTERED_MODEL}'")
     run = client.get_run(version.run_id)
-    assert run.data.tags[tracking.MODEL_SHA_TAG] == tracking.file_sha256(workdir / "model/model.pt")
+    assert run.data.tags[runs.MODEL_SHA_TAG] == runs.file_sha256(workdir / "model/model.pt")
     mlflow.set_tracking_uri(None)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_vae.codec import HEADER_BYTES, BitsBackCodec, Header
+from mnist_vae.compression.container import HEADER_BYTES, Header
+from mnist_vae.compression.lossless import BitsBackCodec
 from mnist_vae.errors import CodecError
-from mnist_vae.losses import kl_to_standard_normal, reconstruction_error
-from mnist_vae.model import VAEConfig, save_model
-from mnist_vae.training import seeded_model
+from mnist_vae.model.vae import VAEConfig, save_model
+from mnist_vae.training.loop import seeded_model
+from mnist_vae.training.losses import kl_to_standard_normal, reconstruction_error
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_a_stream_decodes_in_another_process(codec, folder, digits, tmp_path):
     stream.write_bytes(codec.compress(digits[:40]))
     code = (
         "import sys, numpy as np\n"
-        "from mnist_vae.codec import BitsBackCodec\n"
+        "from mnist_vae.compression.lossless import BitsBackCodec\n"
         "codec = BitsBackCodec.from_folder(sys.argv[1])\n"  # default batch: read from the header
         "images = codec.decompress(open(sys.argv[2], 'rb').read())\n"
         "np.save(sys.argv[3], images)\n"
@@ -162,9 +163,9 @@ def test_every_value_can_be_coded_even_where_the_model_is_certain(codec):
     """A pixel the model puts entirely on 0 (logistics far below the range, as narrow as
     they get) leaves the values 1..255 with integer probability 0; the codec still codes
     a 255 there (at a cost), so no image is ever refused."""
-    from mnist_vae import exact_likelihoods
-    from mnist_vae.fixed_point import ACTIVATION_BITS
-    from mnist_vae.likelihoods import MIXTURE
+    from mnist_vae.compression import exact_likelihoods
+    from mnist_vae.compression.fixed_point import ACTIVATION_BITS
+    from mnist_vae.model.likelihoods import MIXTURE
 
     rows = torch.zeros(2, 3 * MIXTURE, dtype=torch.int64)
     rows[:, MIXTURE : 2 * MIXTURE] = -5 << ACTIVATION_BITS  # means far below level 0
@@ -200,7 +201,7 @@ def test_a_version_2_stream_of_a_factorized_model_still_decodes(codec, digits):
 
 
 def test_the_round_trip_reports_the_rate_of_the_bytes_and_its_gap(folder, digits):
-    from mnist_vae.codec import round_trip
+    from mnist_vae.compression.lossless import round_trip
 
     trip = round_trip(folder, digits[:20])
     assert trip.bits_per_pixel == 8 * len(trip.data) / digits[:20].size
@@ -211,7 +212,7 @@ def test_the_round_trip_reports_the_rate_of_the_bytes_and_its_gap(folder, digits
 
 
 def test_which_models_code_which_pixels():
-    from mnist_vae.codec import no_codec_reason
+    from mnist_vae.compression.lossless import no_codec_reason
 
     assert no_codec_reason("logistic_mixture", binary=False) is None
     assert no_codec_reason("bce", binary=True) is None

@@ -9,8 +9,8 @@ import socket
 import pytest
 import torch
 
-from mnist_vae import distributed
-from mnist_vae.distributed import Cluster, DistributedError
+from mnist_vae.training import distributed
+from mnist_vae.training.distributed import Cluster, DistributedError
 
 
 def test_without_torchrun_it_is_one_process():

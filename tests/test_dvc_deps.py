@@ -35,18 +35,38 @@ def _runtime_nodes(tree: ast.AST):
 
 
 def _module_file(dotted: str) -> Path | None:
-    """``mnist_vae.x`` -> src/mnist_vae/x.py, ``mnist_vae`` -> its ``__init__.py`` (None
-    outside the package)."""
+    """``mnist_vae.a.b`` -> src/mnist_vae/a/b.py, a package -> its ``__init__.py`` (None
+    outside the package or for a name that is no module, such as an imported function)."""
     parts = dotted.split(".")
     if parts[0] != PACKAGE:
         return None
-    path = PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py") if len(parts) > 1 else INIT
-    return path if path.is_file() else None
+    path = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _dotted(path: Path) -> list[str]:
+    """src/mnist_vae/a/b.py -> [mnist_vae, a, b]; a package's ``__init__.py`` -> the package."""
+    parts = [PACKAGE, *path.relative_to(PACKAGE_DIR).with_suffix("").parts]
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
+def _packages_of(path: Path) -> set[Path]:
+    """The ``__init__.py`` of every package above ``path``: Python runs each before it."""
+    parts = _dotted(path)[:-1]
+    return {PACKAGE_DIR.joinpath(*parts[1:i], "__init__.py") for i in range(1, len(parts) + 1)}
 
 
 def package_imports(path: Path) -> set[Path]:
-    """The package's modules that ``path`` imports directly."""
+    """The package's modules that ``path`` imports directly (with their packages'
+    ``__init__.py``); for a module of the package, also the packages above it."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    inside = path.is_relative_to(PACKAGE_DIR)
+    here = _dotted(path) if inside else []
+    if inside and path.name != "__init__.py":
+        here = here[:-1]  # a module's relative imports start from its package
     found: set[str] = set()
     for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
@@ -54,11 +74,14 @@ def package_imports(path: Path) -> set[Path]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: only used inside the package
-                base = ".".join([PACKAGE, *filter(None, [base])])
+                base = ".".join([*here[: len(here) - node.level + 1], *filter(None, [base])])
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import mod`
     files = {file for name in found if (file := _module_file(name)) is not None}
-    return files | {INIT} if files and path != INIT else files  # a module loads its package
+    files |= {init for file in files for init in _packages_of(file)}
+    if inside:
+        files |= _packages_of(path)
+    return files - {path}
 
 
 def closure(script: Path) -> set[Path]:
@@ -85,6 +108,7 @@ def test_every_stage_loads_the_package_init_and_the_cpu_kernel_pin():
     """Importing any module runs ``__init__.py``, which pins the CPU kernels (environment.py):
     both decide the bits of every stage, so every stage lists both."""
     assert package_imports(INIT) == {PACKAGE_DIR / "environment.py"}
+    assert package_imports(PACKAGE_DIR / "compression" / "__init__.py") == {INIT}
     for stage, spec in STAGES.items():
         assert INIT in closure(_stage_script(spec["cmd"])), stage
 
@@ -111,14 +135,15 @@ def test_dvc_yaml_lists_exactly_the_code_each_stage_runs(stage):
 def test_the_check_names_the_stage_and_a_file_removed_or_added():
     spec = STAGES["evaluate"]
     # metrics.py loads data.py (for `batches`) two imports away from the stage script
-    assert PACKAGE_DIR / "data.py" in package_imports(PACKAGE_DIR / "metrics.py")
+    assert PACKAGE_DIR / "data.py" in package_imports(PACKAGE_DIR / "evaluation" / "metrics.py")
     without = {**spec, "deps": [d for d in spec["deps"] if d != "src/mnist_vae/data.py"]}
     assert deps_problems("evaluate", without) == [
         "dvc.yaml: stage 'evaluate' runs src/mnist_vae/data.py but does not list it in deps"
     ]
-    extra = {**spec, "deps": [*spec["deps"], "src/mnist_vae/serving.py"]}
+    serving = "src/mnist_vae/tracking/serving.py"
+    extra = {**spec, "deps": [*spec["deps"], serving]}
     assert deps_problems("evaluate", extra) == [
-        "dvc.yaml: stage 'evaluate' lists src/mnist_vae/serving.py in deps but never imports it"
+        f"dvc.yaml: stage 'evaluate' lists {serving} in deps but never imports it"
     ]
 
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from mnist_vae import exact_likelihoods
-from mnist_vae.fixed_point import ACTIVATION_BITS
-from mnist_vae.likelihoods import LIKELIHOODS, pixel_rows
+from mnist_vae.compression import exact_likelihoods
+from mnist_vae.compression.fixed_point import ACTIVATION_BITS
+from mnist_vae.model.likelihoods import LIKELIHOODS, pixel_rows
 
 CODING = ["bce", "beta_binomial", "logistic_mixture"]
 

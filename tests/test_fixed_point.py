@@ -6,9 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_vae.fixed_point import ACTIVATION_BITS, ExactNetwork, Table, log_fixed, tables
-from mnist_vae.model import VAEConfig
-from mnist_vae.training import seeded_model
+from mnist_vae.compression.fixed_point import (
+    ACTIVATION_BITS,
+    ExactNetwork,
+    Table,
+    log_fixed,
+    tables,
+)
+from mnist_vae.model.vae import VAEConfig
+from mnist_vae.training.loop import seeded_model
 
 ULP = 2.0**-52  # a double's relative spacing
 

@@ -1,8 +1,8 @@
 import torch
 from PIL import Image
 
-from mnist_vae.latent import project_2d, save_latent_map, save_pictures, traversal
-from mnist_vae.model import VAEConfig, build_model
+from mnist_vae.evaluation.latent import project_2d, save_latent_map, save_pictures, traversal
+from mnist_vae.model.vae import VAEConfig, build_model
 
 
 def test_traversal_sweeps_one_dimension_per_row():

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnist_vae import learned_codecs as lc
+from mnist_vae.compression import learned as lc
 from mnist_vae.errors import CodecError
 from mnist_vae.params import LEARNED_CODECS, LearnedBaselinesParams
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mnist_vae.likelihoods import LEVELS, LIKELIHOODS, likelihood, to_levels
+from mnist_vae.model.likelihoods import LEVELS, LIKELIHOODS, likelihood, to_levels
 from mnist_vae.params import LOSSES
 
 CODING = [name for name, lik in LIKELIHOODS.items() if lik.levels is not None]
@@ -83,7 +83,7 @@ def test_mse_is_no_distribution_to_code_with():
 
 @pytest.mark.parametrize("name", CODING)
 def test_the_zero_split_agrees_with_the_table(name):
-    from mnist_vae.likelihoods import pixel_rows
+    from mnist_vae.model.likelihoods import pixel_rows
 
     lik = LIKELIHOODS[name]
     rows = pixel_rows(_params(name))

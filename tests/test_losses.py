@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from mnist_vae.losses import iwae_nll, kl_to_standard_normal, negative_elbo
-from mnist_vae.model import VAEOutput
+from mnist_vae.model.vae import VAEOutput
+from mnist_vae.training.losses import iwae_nll, kl_to_standard_normal, negative_elbo
 
 
 def test_negative_elbo_against_hand_computation():

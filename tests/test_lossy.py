@@ -11,16 +11,22 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from mnist_vae import rate_distortion as rd
-from mnist_vae.codec import HEADER_BYTES
+from mnist_vae.compression import rate_distortion as rd
+from mnist_vae.compression.container import HEADER_BYTES
+from mnist_vae.compression.lossy import (
+    STREAM_HEADER,
+    FactorizedCoder,
+    LossyCodec,
+    is_image_stream,
+    step,
+)
 from mnist_vae.data import to_float
 from mnist_vae.errors import CodecError
-from mnist_vae.lossy import STREAM_HEADER, FactorizedCoder, LossyCodec, is_image_stream, step
-from mnist_vae.model import VAEConfig, save_model
+from mnist_vae.model.sampler import fit_sampler
+from mnist_vae.model.vae import VAEConfig, save_model
 from mnist_vae.params import MAX_RATE, Params, TrainParams
-from mnist_vae.sampler import fit_sampler
-from mnist_vae.serving import VAEPyfunc
-from mnist_vae.training import fit, seeded_model
+from mnist_vae.tracking.serving import VAEPyfunc
+from mnist_vae.training.loop import fit, seeded_model
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +272,9 @@ def test_the_lossy_decoder_lowers_the_squared_error_and_travels_with_the_weights
     """Trained for squared error on the codes at every level, it decodes closer to the
     digits than the model's mean image, at coarse and fine levels, and a saved copy of the
     model decodes the very same pictures."""
-    from mnist_vae.distortion import distortion
-    from mnist_vae.lossy import fit_lossy_decoder
-    from mnist_vae.model import load_model
+    from mnist_vae.compression.distortion import distortion
+    from mnist_vae.compression.lossy import fit_lossy_decoder
+    from mnist_vae.model.vae import load_model
 
     plain = LossyCodec.from_folder(folder)
     model = load_model(folder)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_vae import metrics
-from mnist_vae.classifier import ClassifierConfig, DigitClassifier
-from mnist_vae.model import VAEConfig, build_model
+from mnist_vae.evaluation import metrics
+from mnist_vae.evaluation.classifier import ClassifierConfig, DigitClassifier
+from mnist_vae.model.vae import VAEConfig, build_model
 
 
 class _LabelInPixel(nn.Module):

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from mnist_vae.model import (
+from mnist_vae.model.folder import CONFIG_FILE
+from mnist_vae.model.vae import (
     ARCHITECTURES,
     DECODERS,
     VAEConfig,
@@ -12,7 +13,6 @@ from mnist_vae.model import (
     load_model,
     save_model,
 )
-from mnist_vae.model_folder import CONFIG_FILE
 from mnist_vae.params import ARCH_NAMES, DECODER_NAMES
 
 

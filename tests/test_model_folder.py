@@ -3,14 +3,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mnist_vae.model import VAEConfig, build_model, load_model, save_model
-from mnist_vae.model_folder import (
+from mnist_vae.model.folder import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     ModelFolderError,
     load_model_folder,
     save_model_folder,
 )
+from mnist_vae.model.vae import VAEConfig, build_model, load_model, save_model
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ import torch
 import yaml
 from PIL import Image
 
-from mnist_vae import tracking
 from mnist_vae.data import dataset_digest
-from mnist_vae.model import load_model
-from mnist_vae.tracking import MODEL_SHA_TAG, file_sha256
+from mnist_vae.model.vae import load_model
+from mnist_vae.tracking import runs
+from mnist_vae.tracking.runs import MODEL_SHA_TAG, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -182,9 +182,9 @@ def test_the_run_is_recorded_in_mlflow(project):
     assert run.data.params["train.epochs"] == "1"
     assert run.data.tags[MODEL_SHA_TAG] == file_sha256(project / "data/model/model.pt")
     head = _sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
-    assert run.data.tags[tracking.GIT_COMMIT_TAG] == head
-    assert run.data.tags[tracking.DATA_TAG] == dataset_digest(project / "data/mnist")
-    assert tracking.EXP_NAME_TAG not in run.data.tags  # a plain `dvc repro` is no experiment
+    assert run.data.tags[runs.GIT_COMMIT_TAG] == head
+    assert run.data.tags[runs.DATA_TAG] == dataset_digest(project / "data/mnist")
+    assert runs.EXP_NAME_TAG not in run.data.tags  # a plain `dvc repro` is no experiment
     # the values the run used beside params.yaml's, the data as inputs, the UI's view
     assert run.data.params["train.effective_batch_size"] == run.data.params["train.batch_size"]
     assert run.data.params["train.effective_lr"] == run.data.params["train.lr"]
@@ -213,7 +213,7 @@ def test_the_run_is_recorded_in_mlflow(project):
     } <= artifacts
     assert (project / "mlartifacts").is_dir()  # artifacts live beside the store
 
-    (version,) = client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
+    (version,) = client.search_model_versions(f"name = '{runs.REGISTERED_MODEL}'")
     assert (int(version.version), version.run_id) == (1, run.info.run_id)
 
 
@@ -255,8 +255,8 @@ def test_evaluate_reports_every_metric(project):
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
     assert run.data.metrics["eval.iwae_nll"] == pytest.approx(results["iwae_nll"])
-    assert run.data.tags[tracking.PROMOTION_TAG].startswith("version 1 promoted to champion")
-    champion = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "champion")
+    assert run.data.tags[runs.PROMOTION_TAG].startswith("version 1 promoted to champion")
+    champion = client.get_model_version_by_alias(runs.REGISTERED_MODEL, "champion")
     assert int(champion.version) == 1
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
         "evaluation/traversal.png", "evaluation/interpolation.png", "evaluation/latent_map.png"
@@ -655,7 +655,7 @@ def _shared_run_id(tracking_server: str, project: Path, env: dict[str, str], aut
     status, found = _post(f"{api}/runs/search", {
         "experiment_ids": [experiment["experiment"]["experiment_id"]],
         "filter": f"tags.`{MODEL_SHA_TAG}` = '{file_sha256(weights)}' "
-                  f"and tags.`{tracking.GIT_COMMIT_TAG}` = '{commit}'",
+                  f"and tags.`{runs.GIT_COMMIT_TAG}` = '{commit}'",
     }, auth)  # fmt: skip
     assert status == 200 and len(found["runs"]) == 1, found
     return found["runs"][0]["info"]["run_id"]
@@ -682,7 +682,7 @@ def test_the_pipeline_records_to_a_shared_server_on_postgresql(
     status, found = _post(f"{api}/runs/search", {
         "experiment_ids": [experiment["experiment_id"]],
         "filter": f"tags.`{MODEL_SHA_TAG}` = '{file_sha256(weights)}' "
-                  f"and tags.`{tracking.GIT_COMMIT_TAG}` = '{commit}'",
+                  f"and tags.`{runs.GIT_COMMIT_TAG}` = '{commit}'",
     }, viewer)  # fmt: skip
     assert status == 200 and len(found["runs"]) == 1, found
     run = found["runs"][0]
@@ -693,7 +693,7 @@ def test_the_pipeline_records_to_a_shared_server_on_postgresql(
         "10", "1", "1"
     )  # fmt: skip
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-    assert tags[tracking.DATA_TAG] == dataset_digest(project / "data/mnist")
+    assert tags[runs.DATA_TAG] == dataset_digest(project / "data/mnist")
 
     # its metrics: every epoch's test loss, and the evaluate stage's
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
@@ -729,7 +729,7 @@ def test_the_pipeline_records_to_a_shared_server_on_postgresql(
     )["model_versions"]
     assert [(v["name"], v["status"]) for v in versions] == [("mnist-vae", "READY")]
     version = versions[0]["version"]
-    assert tracking.PROMOTION_TAG in tags  # the evaluate stage weighed it for champion
+    assert runs.PROMOTION_TAG in tags  # the evaluate stage weighed it for champion
 
     # ... which PostgreSQL holds: the server's database has the run
     if database := os.environ.get(TRACKING_DB_ENV):
@@ -926,20 +926,20 @@ def test_queued_experiments_run_side_by_side_into_one_store_then_apply(project):
     ]  # fmt: skip
     assert sorted(int(r.data.params["latent_dim"]) for r in runs) == [2, 16]
     assert all(r.info.status == "FINISHED" and "eval.iwae_nll" in r.data.metrics for r in runs)
-    assert all(r.data.tags.get(tracking.EXP_NAME_TAG) for r in runs)
+    assert all(r.data.tags.get(runs.EXP_NAME_TAG) for r in runs)
     spans = sorted((r.info.start_time, r.info.end_time) for r in runs)  # milliseconds
     overlapping = [later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)]
     assert any(overlapping), spans  # two ran side by side
     table = _sh("dvc", "exp", "show", "--csv", cwd=project, env=env)
     for run in runs:
-        assert run.data.tags[tracking.EXP_NAME_TAG] in table
-    (wide,) = [r for r in runs if r.data.tags[tracking.EXP_NAME_TAG] == "wide"]
+        assert run.data.tags[runs.EXP_NAME_TAG] in table
+    (wide,) = [r for r in runs if r.data.tags[runs.EXP_NAME_TAG] == "wide"]
     assert wide.info.run_name == "wide: z16-fast-e1-seed0"
-    versions = client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
+    versions = client.search_model_versions(f"name = '{runs.REGISTERED_MODEL}'")
     assert {r.info.run_id for r in runs} <= {v.run_id for v in versions}  # registered too
     # the rate-distortion points of both land in MLflow and in one dvc plot
     assert all({"lossy.bytes_per_image", "lossy.psnr"} <= set(r.data.metrics) for r in runs)
-    names = [run.data.tags[tracking.EXP_NAME_TAG] for run in runs]
+    names = [run.data.tags[runs.EXP_NAME_TAG] for run in runs]
     curve = "data/metrics/rate_distortion/mnist-vae_whole_set.csv"
     _sh("dvc", "plots", "diff", *names, "--targets", curve, "-o", "rd_plots", cwd=project, env=env)
     page = (project / "rd_plots" / "index.html").read_text()

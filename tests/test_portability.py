@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_vae import portability
-from mnist_vae.model import VAEConfig, save_model
-from mnist_vae.training import seeded_model
+from mnist_vae.compression import portability
+from mnist_vae.model.vae import VAEConfig, save_model
+from mnist_vae.training.loop import seeded_model
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mnist_vae.errors import ParamsError
-from mnist_vae.model import VAEConfig, build_model, load_model, save_model
-from mnist_vae.sampler import check_sampler, fit_sampler, posterior_means
+from mnist_vae.model.sampler import check_sampler, fit_sampler, posterior_means
+from mnist_vae.model.vae import VAEConfig, build_model, load_model, save_model
 
 
 def _model(components: int, seed: int = 0):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from mnist_vae.model import VAEConfig, build_model, save_model
-from mnist_vae.pyfunc import signature
-from mnist_vae.serving import MAX_ROWS, VAEPyfunc
+from mnist_vae.model.vae import VAEConfig, build_model, save_model
+from mnist_vae.tracking.pyfunc import signature
+from mnist_vae.tracking.serving import MAX_ROWS, VAEPyfunc
 
 LATENT = 3
 

@@ -9,13 +9,13 @@ import time
 import mlflow
 import pytest
 
-from mnist_vae import tracking
+from mnist_vae.tracking import runs
 
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.configure(tmp_path)
+    runs.configure(tmp_path)
     yield tmp_path
     mlflow.set_tracking_uri(None)
 
@@ -23,14 +23,14 @@ def store(tmp_path, monkeypatch):
 def _evaluated_run(nll: float, register: bool = True, loss: str = "bce") -> str:
     with mlflow.start_run() as run:
         mlflow.log_params({"train.loss": loss, "data.binarize": "none"})
-        mlflow.log_metric(tracking.PROMOTION_METRIC, nll)
-        mlflow.log_text("weights", f"{tracking.MODEL_FOLDER_ARTIFACT}/model.pt")
+        mlflow.log_metric(runs.PROMOTION_METRIC, nll)
+        mlflow.log_text("weights", f"{runs.MODEL_FOLDER_ARTIFACT}/model.pt")
     if register:
         client = mlflow.MlflowClient()
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # already there
-            client.create_registered_model(tracking.REGISTERED_MODEL)
+            client.create_registered_model(runs.REGISTERED_MODEL)
         client.create_model_version(
-            tracking.REGISTERED_MODEL, f"{run.info.artifact_uri}/{tracking.MODEL_FOLDER_ARTIFACT}",
+            runs.REGISTERED_MODEL, f"{run.info.artifact_uri}/{runs.MODEL_FOLDER_ARTIFACT}",
             run_id=run.info.run_id,
         )  # fmt: skip
     return run.info.run_id
@@ -38,57 +38,57 @@ def _evaluated_run(nll: float, register: bool = True, loss: str = "bce") -> str:
 
 def _champion_run() -> str:
     client = mlflow.MlflowClient()
-    return client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "champion").run_id
+    return client.get_model_version_by_alias(runs.REGISTERED_MODEL, "champion").run_id
 
 
 def test_default_store_is_an_absolute_sqlite_file_with_artifacts_beside_it(store):
-    assert tracking.tracking_uri(store) == f"sqlite:///{store.resolve() / 'mlflow.db'}"
-    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    assert runs.tracking_uri(store) == f"sqlite:///{store.resolve() / 'mlflow.db'}"
+    experiment = mlflow.get_experiment_by_name(runs.EXPERIMENT_NAME)
     assert experiment.artifact_location == (store.resolve() / "mlartifacts").as_uri()
 
 
 def test_the_run_of_a_model_is_found_from_its_weights(store):
     weights = store / "model.pt"
     weights.write_bytes(b"some weights")
-    with mlflow.start_run(tags={tracking.MODEL_SHA_TAG: tracking.file_sha256(weights)}) as run:
+    with mlflow.start_run(tags={runs.MODEL_SHA_TAG: runs.file_sha256(weights)}) as run:
         pass
-    assert tracking.find_model_run(weights) == run.info.run_id
-    with tracking.model_run(weights, store) as reopened:
+    assert runs.find_model_run(weights) == run.info.run_id
+    with runs.model_run(weights, store) as reopened:
         assert reopened.info.run_id == run.info.run_id
     weights.write_bytes(b"other weights")
-    assert tracking.find_model_run(weights) is None
-    with tracking.model_run(weights, store) as fresh:  # unknown weights: a new, tagged run
+    assert runs.find_model_run(weights) is None
+    with runs.model_run(weights, store) as fresh:  # unknown weights: a new, tagged run
         assert fresh.info.run_id != run.info.run_id
-    assert tracking.find_model_run(weights) == fresh.info.run_id
+    assert runs.find_model_run(weights) == fresh.info.run_id
 
 
 def test_promotion_follows_the_importance_weighted_nll(store):
     unregistered = _evaluated_run(90.0, register=False)
-    assert tracking.promote_if_better(unregistered).startswith("not promoted: no version")
+    assert runs.promote_if_better(unregistered).startswith("not promoted: no version")
 
     first = _evaluated_run(100.0)
-    assert "promoted to champion" in tracking.promote_if_better(first)
+    assert "promoted to champion" in runs.promote_if_better(first)
     assert _champion_run() == first
-    assert "already the champion" in tracking.promote_if_better(first)
+    assert "already the champion" in runs.promote_if_better(first)
 
     worse = _evaluated_run(101.0)
-    assert tracking.promote_if_better(worse).startswith("not promoted: eval.iwae_nll 101.000")
+    assert runs.promote_if_better(worse).startswith("not promoted: eval.iwae_nll 101.000")
     assert _champion_run() == first
 
     better = _evaluated_run(99.5)
-    decision = tracking.promote_if_better(better)
+    decision = runs.promote_if_better(better)
     assert decision == "version 3 promoted to champion (99.500; champion version 1 had 100.000)"
     assert _champion_run() == better
     client = mlflow.MlflowClient()
-    assert client.get_run(better).data.tags[tracking.PROMOTION_TAG] == decision
-    assert client.get_run(worse).data.tags[tracking.PROMOTION_TAG].startswith("not promoted")
+    assert client.get_run(better).data.tags[runs.PROMOTION_TAG] == decision
+    assert client.get_run(worse).data.tags[runs.PROMOTION_TAG].startswith("not promoted")
 
 
 def test_scores_of_other_likelihoods_are_not_compared(store):
     first = _evaluated_run(93.0)
-    tracking.promote_if_better(first)
+    runs.promote_if_better(first)
     eight_bit = _evaluated_run(688.0, loss="logistic_mixture")
-    assert tracking.promote_if_better(eight_bit) == (
+    assert runs.promote_if_better(eight_bit) == (
         "not promoted: champion version 1 was trained with train.loss=bce, so its "
         "eval.iwae_nll is not comparable (set the alias by hand to switch)"
     )
@@ -97,24 +97,24 @@ def test_scores_of_other_likelihoods_are_not_compared(store):
 
 def test_champion_model_files(store, tmp_path_factory):
     empty = tmp_path_factory.mktemp("no-store")
-    assert tracking.champion_model_files(empty / "dl", root=empty) is None
+    assert runs.champion_model_files(empty / "dl", root=empty) is None
     assert list(empty.iterdir()) == []  # looking creates no store
-    assert tracking.champion_model_files(store / "dl", root=store) is None  # no champion yet
+    assert runs.champion_model_files(store / "dl", root=store) is None  # no champion yet
     run_id = _evaluated_run(95.0)
-    tracking.promote_if_better(run_id)
-    folder = tracking.champion_model_files(store / "dl", root=store)
+    runs.promote_if_better(run_id)
+    folder = runs.champion_model_files(store / "dl", root=store)
     assert (folder / "model.pt").read_text() == "weights"
 
 
 def test_the_experiment_opens_as_model_training_in_the_ui(store):
-    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENT_NAME)
-    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    experiment = mlflow.get_experiment_by_name(runs.EXPERIMENT_NAME)
+    assert experiment.tags[runs.EXPERIMENT_KIND_TAG] == "custom_model_development"
     # an experiment made before the tag existed gets it on the next configure
     client = mlflow.MlflowClient()
-    client.delete_experiment_tag(experiment.experiment_id, tracking.EXPERIMENT_KIND_TAG)
-    tracking.configure(store)
-    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENT_NAME)
-    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    client.delete_experiment_tag(experiment.experiment_id, runs.EXPERIMENT_KIND_TAG)
+    runs.configure(store)
+    experiment = mlflow.get_experiment_by_name(runs.EXPERIMENT_NAME)
+    assert experiment.tags[runs.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
 def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store, monkeypatch):
@@ -128,7 +128,7 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
     train = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)
     test = train[:2].copy()
     used = {"train.effective_batch_size": 512, "train.effective_lr": 0.006}
-    with tracking.training_run(
+    with runs.training_run(
         Params(), used, data_checksum="abc", datasets={"training": train, "testing": test},
         source_url="https://example.org/mnist/", resume_run_id=None,
         environment={"torch": "2.14.1", "cpu_kernels": "avx2", "threads": 2},
@@ -139,7 +139,7 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
     assert logged.data.params["train.lr"] == "0.003"
     assert logged.data.params["train.effective_lr"] == "0.006"
     assert logged.data.params["train.effective_batch_size"] == "512"
-    assert logged.data.tags[tracking.DATA_TAG] == "abc"
+    assert logged.data.tags[runs.DATA_TAG] == "abc"
     assert logged.data.tags["env.cpu_kernels"] == "avx2"
     assert logged.data.tags["env.threads"] == "2"
     inputs = {
@@ -153,7 +153,7 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
     assert any(key.startswith("system/system_memory_usage") for key in logged.data.metrics)
 
     # continuing the run (a resumed training) logs nothing twice
-    with tracking.training_run(
+    with runs.training_run(
         Params(), used, data_checksum="abc", datasets={"training": train, "testing": test},
         source_url="https://example.org/mnist/", resume_run_id=run.run_id,
         environment={"torch": "2.14.1", "cpu_kernels": "avx2", "threads": 1},
@@ -164,7 +164,7 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
 
 
 def test_off_rank_zero_a_training_run_is_a_no_op(store):
-    with tracking.training_run(
+    with runs.training_run(
         None, {}, data_checksum="", datasets={}, source_url="", resume_run_id=None, environment={},
         enabled=False,
     ) as run:  # fmt: skip

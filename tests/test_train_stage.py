@@ -25,7 +25,7 @@ import yaml
 
 from mnist_vae import CPU_KERNELS
 from mnist_vae.environment import NATIVE_SWITCH, PINNED, PINNED_KERNELS, SET_BY_PIN
-from mnist_vae.model import load_model
+from mnist_vae.model.vae import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {

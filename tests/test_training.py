@@ -3,12 +3,11 @@ import re
 import pytest
 import torch
 
-from mnist_vae.distributed import Cluster
 from mnist_vae.errors import ParamsError
-from mnist_vae.losses import LossParts
-from mnist_vae.model import VAEConfig
+from mnist_vae.model.vae import VAEConfig
 from mnist_vae.params import Params, TrainParams
-from mnist_vae.training import (
+from mnist_vae.training.distributed import Cluster
+from mnist_vae.training.loop import (
     EpochMetrics,
     TrainingDiverged,
     fit,
@@ -19,6 +18,7 @@ from mnist_vae.training import (
     seeded_model,
     train_epoch,
 )
+from mnist_vae.training.losses import LossParts
 
 
 def _params(seed: int = 0, **train) -> Params:

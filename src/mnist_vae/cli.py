@@ -46,10 +46,10 @@ def resolve_model(spec: str, scratch: Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from . import tracking
-    from .pyfunc import MODEL_ARTIFACT_KEY
+    from .tracking import runs
+    from .tracking.pyfunc import MODEL_ARTIFACT_KEY
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(runs.tracking_uri())
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(scratch)))
         artifacts = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]
@@ -92,8 +92,8 @@ def compress(
     inputs: list[Path], output: Path, model: str, force: bool, rate: int | None = None
 ) -> str:
     """Lossless, or lossy at ``rate`` when one is given."""
-    from .codec import BitsBackCodec
-    from .lossy import LossyCodec
+    from .compression.lossless import BitsBackCodec
+    from .compression.lossy import LossyCodec
 
     _refuse_existing(output, force)
     with tempfile.TemporaryDirectory() as scratch:
@@ -119,8 +119,9 @@ def compress(
 
 
 def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
-    from .codec import LOSSLESS, BitsBackCodec, Header
-    from .lossy import LossyCodec, is_image_stream
+    from .compression.container import LOSSLESS, Header
+    from .compression.lossless import BitsBackCodec
+    from .compression.lossy import LossyCodec, is_image_stream
 
     _refuse_existing(output, force)
     try:

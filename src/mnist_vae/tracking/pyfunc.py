@@ -17,7 +17,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 from mlflow.types.schema import Schema, TensorSpec
 
-from .params import LossyParams
+from ..params import LossyParams
 
 MODEL_ARTIFACT_KEY = "model_files"  # the pyfunc's artifacts entry holding the model folder
 ARTIFACT_PATH = "model"  # the pyfunc model's name within its run
@@ -47,7 +47,7 @@ def log_pyfunc_model(
     model_dir: str | Path, latent_dim: int, registered_model_name: str | None = None
 ) -> mlflow.models.model.ModelInfo:
     """Log the model folder as a pyfunc model in the active run, optionally registering it."""
-    package = Path(__file__).parent
+    package = Path(__file__).parents[1]  # the whole mnist_vae package
     return mlflow.pyfunc.log_model(
         name=ARTIFACT_PATH,
         python_model=str(MODEL_CODE),
@@ -65,23 +65,25 @@ def log_pyfunc_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mnist_vae.pyfunc [MODEL_DIR]``: log the model folder (default data/model)
-    again as the served model of its MLflow run and register it as a new version, with the
-    package as it is now: a model logged before an upgrade keeps the code it was logged with
-    (models-from-code), so new request modes need this (or a retrain)."""
+    """``python -m mnist_vae.tracking.pyfunc [MODEL_DIR]``: log the model folder (default
+    data/model) again as the served model of its MLflow run and register it as a new
+    version, with the package as it is now: a model logged before an upgrade keeps the code
+    it was logged with (models-from-code), so new request modes need this (or a retrain)."""
     import argparse
 
-    from . import tracking
-    from .model import load_model
-    from .model_folder import WEIGHTS_FILE
+    from ..model.folder import WEIGHTS_FILE
+    from ..model.vae import load_model
+    from . import runs
 
-    parser = argparse.ArgumentParser(prog="python -m mnist_vae.pyfunc", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_vae.tracking.pyfunc", description=main.__doc__
+    )
     parser.add_argument("model_dir", nargs="?", default="data/model", type=Path)
     args = parser.parse_args(argv)
     latent_dim = load_model(args.model_dir).config.latent_dim
-    with tracking.model_run(args.model_dir / WEIGHTS_FILE):  # configures the store too
-        info = log_pyfunc_model(args.model_dir, latent_dim, tracking.REGISTERED_MODEL)
-    print(f"logged {info.model_uri}; registered as {tracking.REGISTERED_MODEL} version "
+    with runs.model_run(args.model_dir / WEIGHTS_FILE):  # configures the store too
+        info = log_pyfunc_model(args.model_dir, latent_dim, runs.REGISTERED_MODEL)
+    print(f"logged {info.model_uri}; registered as {runs.REGISTERED_MODEL} version "
           f"{info.registered_model_version}")  # fmt: skip
     return 0
 

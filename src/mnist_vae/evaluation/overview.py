@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-from .curves import OURS
-from .params import LEARNED_CODECS
+from ..compression.curves import OURS
+from ..params import LEARNED_CODECS
 
 # The curves worth a glance: ours, PCA, the learned codecs and the classic codecs per image
 # (what a user stores); the mosaics and the prior's curve stay in curves.png.

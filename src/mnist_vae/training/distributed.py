@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
-from .errors import DistributedError
+from ..errors import DistributedError
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import batches
-from .model_folder import load_module, save_model_folder
-from .progress import progress_bar
+from ..data import batches
+from ..model.folder import load_module, save_model_folder
+from ..progress import progress_bar
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.exceptions import MlflowException
 
 if TYPE_CHECKING:
-    from .params import Params
-    from .training import EpochMetrics
+    from ..params import Params
+    from ..training.loop import EpochMetrics
 
 EXPERIMENT_NAME = "mnist-vae"
 REGISTERED_MODEL = "mnist-vae"

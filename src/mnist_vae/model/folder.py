@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .errors import ModelFolderError
+from ..errors import ModelFolderError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"

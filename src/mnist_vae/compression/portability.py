@@ -9,7 +9,7 @@ picture is the floating-point decoder's, rounded to 8 bits, compared with the pi
 where it was written (a pixel whose value falls within the kernels' rounding of a half
 grey level may come out one level apart).
 
-    python -m mnist_vae.portability --model data/model --limit 500 \
+    python -m mnist_vae.compression.portability --model data/model --limit 500 \
         [--python "torch 2.13.0=/path/to/other/venv/bin/python"]
 
 What one machine can emulate: the kernels pinned at AVX2 (the package's default) or
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .environment import NATIVE_SWITCH, PINNED_KERNELS, SET_BY_PIN
+from ..environment import NATIVE_SWITCH, PINNED_KERNELS, SET_BY_PIN
 
 _NATIVE = {NATIVE_SWITCH: "1"}
 SETTINGS: dict[str, dict[str, str]] = {
@@ -172,7 +172,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     interpreters = dict(spec.split("=", 1) for spec in args.python)
-    from .data import load_test_images, to_symbols
+    from ..data import load_test_images, to_symbols
 
     grey, _ = load_test_images(Path(args.data), args.limit, "none")
     images = to_symbols(grey, 256).numpy().astype(np.uint8)

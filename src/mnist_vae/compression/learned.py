@@ -36,8 +36,8 @@ from compressai.models import (
 )
 from compressai.models.utils import conv, deconv
 
-from .errors import CodecError
-from .params import LEARNED_CODECS, LearnedBaselinesParams
+from ..errors import CodecError
+from ..params import LEARNED_CODECS, LearnedBaselinesParams
 
 SIDE = 28
 PIXELS = SIDE * SIDE

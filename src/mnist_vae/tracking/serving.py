@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 
-from .codec import weights_sha256
-from .errors import CodecError
-from .lossy import DEFAULT_RATE, LossyCodec
-from .model import ConvVAE, load_model
+from ..compression.container import weights_sha256
+from ..compression.lossy import DEFAULT_RATE, LossyCodec
+from ..errors import CodecError
+from ..model.vae import ConvVAE, load_model
 from .pyfunc import MODEL_ARTIFACT_KEY
 
 MODES = ("decode", "encode", "reconstruct", "sample", "compress", "decompress")

@@ -3,7 +3,7 @@ tracking): who may train (create runs, register versions, move the champion alia
 may only look, on the project's experiment and registered model.
 
     MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=... \\
-        python -m mnist_vae.accounts --tracking-uri https://mlflow.example.org \\
+        python -m mnist_vae.tracking.accounts --tracking-uri https://mlflow.example.org \\
         --trainer alice --viewer bob --out accounts.json
 
 Run as the server's admin. Each new account gets a random password, written to ``--out``
@@ -30,7 +30,7 @@ from mlflow.server.auth.permissions import (
     RESOURCE_TYPE_REGISTERED_MODEL,
 )
 
-from .tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, EXPERIMENT_NAME, REGISTERED_MODEL
+from .runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, EXPERIMENT_NAME, REGISTERED_MODEL
 
 # What each kind of account may do on the experiment and on the registered model. EDIT lets
 # a trainer create runs, log to them, register versions and set aliases; READ only reads.
@@ -79,7 +79,7 @@ def write_private(path: Path, accounts: dict[str, dict[str, str]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mnist_vae.accounts", description=__doc__.split("\n\n")[0]
+        prog="python -m mnist_vae.tracking.accounts", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
     for role in ROLES:

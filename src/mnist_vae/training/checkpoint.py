@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .params import TRAINING_KEYS, Params
+from ..params import TRAINING_KEYS, Params
 
 
 def training_fingerprint(params: Params, processes: int, data_checksum: str) -> str:

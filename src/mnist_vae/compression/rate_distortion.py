@@ -24,12 +24,12 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
+from ..images import load_strip
+from ..params import LEARNED_CODECS
 from .baselines import lossy_round_trip
 from .curves import COLUMNS, OURS, SHOWN, decoded_strip, point
 from .distortion import distortion
-from .images import load_strip
 from .lossy import MAX_RATE, FactorizedCoder, LossyCodec
-from .params import LEARNED_CODECS
 
 SIDE = 28
 

@@ -29,11 +29,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..params import MAX_RATE
 from .autoregressive import PixelHead
+from .folder import load_module, save_model_folder
 from .likelihoods import Likelihood, likelihood
 from .lossy_decoder import LossyDecoder
-from .model_folder import load_module, save_model_folder
-from .params import MAX_RATE
 
 Layers = tuple[tuple[int, int, int], ...]  # (out_channels, kernel, stride) per encoder layer
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from .likelihoods import likelihood
+from ..model.likelihoods import likelihood
 
 if TYPE_CHECKING:
-    from .model import ConvVAE, VAEOutput
+    from ..model.vae import ConvVAE, VAEOutput
 
 _LOG_2PI = math.log(2 * math.pi)
 

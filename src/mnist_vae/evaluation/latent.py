@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-from .images import save_grid
-from .model import ConvVAE
+from ..images import save_grid
+from ..model.vae import ConvVAE
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 Image-quality measures come from torchmetrics (PSNR, SSIM, and the Fréchet
 distance computed by its FID implementation on features of our own MNIST
-classifier); the likelihood bounds from :mod:`mnist_vae.losses`.
+classifier); the likelihood bounds from :mod:`mnist_vae.training.losses`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torchmetrics.functional.image import (
 )
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from ..data import batches
+from ..model.vae import ConvVAE
+from ..training.losses import iwae_nll, kl_per_dimension, reconstruction_error
 from .classifier import DigitClassifier, FeatureExtractor, predict
-from .data import batches
-from .losses import iwae_nll, kl_per_dimension, reconstruction_error
-from .model import ConvVAE
 
 N_DIGITS = 10
 

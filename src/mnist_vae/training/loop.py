@@ -35,15 +35,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..data import batches
+from ..errors import ParamsError, TrainingDiverged
+from ..model.vae import ConvVAE, VAEConfig, VAEOutput, build_model
+from ..params import SCHEDULES, Params, TrainParams
+from ..progress import progress_bar
 from . import distributed
 from .checkpoint import Checkpoint
-from .data import batches
 from .distributed import Cluster
-from .errors import ParamsError, TrainingDiverged
 from .losses import LossParts, negative_elbo
-from .model import ConvVAE, VAEConfig, VAEOutput, build_model
-from .params import SCHEDULES, Params, TrainParams
-from .progress import progress_bar
 
 
 def resolve_device(name: str) -> torch.device:

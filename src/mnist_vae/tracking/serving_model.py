@@ -3,6 +3,6 @@ model object, and ``serving.py`` holds its logic."""
 
 from mlflow.models import set_model
 
-from mnist_vae.serving import VAEPyfunc
+from mnist_vae.tracking.serving import VAEPyfunc
 
 set_model(VAEPyfunc())

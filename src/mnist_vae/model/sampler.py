@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from .data import batches
-from .errors import ParamsError
-from .model import ConvVAE
+from ..data import batches
+from ..errors import ParamsError
+from .vae import ConvVAE
 
 
 def check_sampler(components: int, n_train: int) -> None:

@@ -63,7 +63,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codec import (
+from ..errors import CodecError
+from ..model.sampler import posterior_means
+from ..model.vae import ConvVAE, load_model
+from ..params import MAX_RATE, LossyParams
+from .container import (
     BATCH,
     LATENT_RANGE,
     LOSSY_MIXTURE,
@@ -73,11 +77,7 @@ from .codec import (
     check_model,
     weights_sha256,
 )
-from .errors import CodecError
 from .fixed_point import tables
-from .model import ConvVAE, load_model
-from .params import MAX_RATE, LossyParams
-from .sampler import posterior_means
 
 DEFAULT_RATE = LossyParams().rate
 ENTROPY_MODELS = {"mixture": LOSSY_MIXTURE, "prior": LOSSY_PRIOR}

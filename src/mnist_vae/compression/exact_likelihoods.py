@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..model.likelihoods import _MIN_CONCENTRATION, _MIN_LOG_SCALE, LEVELS, MIXTURE
 from .fixed_point import (
     ACTIVATION_BITS,
     PROBABILITY_BITS,
@@ -24,7 +25,6 @@ from .fixed_point import (
     log_fixed,
     tables,
 )
-from .likelihoods import _MIN_CONCENTRATION, _MIN_LOG_SCALE, LEVELS, MIXTURE
 
 ARGUMENT_BITS = 20  # the tables' arguments are at 2^-20
 WEIGHT_BITS = 16  # a mixture's weights are integers out of about 2^16

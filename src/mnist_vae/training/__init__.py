@@ -1,0 +1,3 @@
+"""Fitting the model: the training loop and its plan (:mod:`.loop`), the loss and its
+bounds (:mod:`.losses`), resumable checkpoints and multi-process training (torchrun).
+Imports the model, the data and the foundations."""
