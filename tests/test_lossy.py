@@ -13,6 +13,8 @@ from mlflow.exceptions import MlflowException
 
 from mnist_vae.compression import rate_distortion as rd
 from mnist_vae.compression.container import HEADER_BYTES
+from mnist_vae.compression.curves import COLUMNS, point
+from mnist_vae.compression.distortion import distortion, psnr
 from mnist_vae.compression.lossy import (
     STREAM_HEADER,
     FactorizedCoder,
@@ -243,6 +245,28 @@ def test_pca_round_trips_through_the_same_coder(digits):
     assert STREAM_HEADER == 3
 
 
+def test_pca_measures_ssim_only_on_its_envelope_with_the_values_of_a_full_measure(digits):
+    train, images = digits[:500], digits[500:700]
+    curve = rd.pca_curve(train, images)
+    pca = rd.PCA.fit(train, max(rd.PCA_COMPONENTS))
+    everything = []
+    for k in rd.PCA_COMPONENTS:
+        for grid in rd.PCA_STEPS:
+            size, decoded = pca.round_trip(images, k, grid)
+            setting = f"{k} components, step {grid:.4g}"
+            everything.append(point("PCA", "whole set", setting, size, len(images),
+                                    distortion(images, decoded)))  # fmt: skip
+    full = rd.envelope(pd.DataFrame(everything, columns=COLUMNS))
+    assert len(full) < len(everything)  # points off the envelope: SSIM never measured
+    pd.testing.assert_frame_equal(curve, full)  # the same points, the same SSIM, bit for bit
+
+
+def test_psnr_alone_is_the_psnr_of_the_full_measure(test_digits):
+    noisy = np.clip(test_digits.astype(int) + 40, 0, 255).astype(np.uint8)
+    assert psnr(test_digits, noisy) == distortion(test_digits, noisy)["psnr"]
+    assert psnr(test_digits, test_digits) == 100.0  # no error: MAX_PSNR
+
+
 def test_curves_are_compared_where_both_reach_and_the_nearest_learned_point_is_shown():
     ours = pd.DataFrame({"bits_per_image": [10.0, 40.0, 70.0], "psnr": [14.0, 17.0, 18.0]})
     theirs = pd.DataFrame({"bits_per_image": [64.0, 100.0], "psnr": [15.0, 19.0]})
@@ -272,7 +296,6 @@ def test_the_lossy_decoder_lowers_the_squared_error_and_travels_with_the_weights
     """Trained for squared error on the codes at every level, it decodes closer to the
     digits than the model's mean image, at coarse and fine levels, and a saved copy of the
     model decodes the very same pictures."""
-    from mnist_vae.compression.distortion import distortion
     from mnist_vae.compression.lossy import fit_lossy_decoder
     from mnist_vae.model.vae import load_model
 

@@ -14,21 +14,35 @@ MAX_PSNR = 100.0
 """the PSNR of an image decoded without error (infinite) counts as this many dB"""
 
 
-@torch.no_grad()
-def distortion(originals: np.ndarray, decoded: np.ndarray, batch: int = 2000) -> dict[str, float]:
-    """Mean PSNR (dB) and mean SSIM of ``decoded`` against ``originals`` (uint8 ``N x H x W``)."""
+def _batches(originals: np.ndarray, decoded: np.ndarray, batch: int):
+    """Both image sets in step, ``batch`` images at a time, as float ``[B, 1, H, W]``."""
     if originals.shape != decoded.shape:
         raise ValueError(f"decoded images {decoded.shape} differ from originals {originals.shape}")
-    psnr, ssim = [], []
     for start in range(0, len(originals), batch):
-        x, y = (
+        yield tuple(
             torch.from_numpy(np.asarray(a[start : start + batch], dtype=np.float32)).unsqueeze(1)
             for a in (originals, decoded)
         )
-        psnr.append(
-            peak_signal_noise_ratio(y, x, data_range=255.0, reduction="none", dim=(1, 2, 3))
-            .double()
-            .clamp(max=MAX_PSNR)
-        )
-        ssim.append(structural_similarity_index_measure(y, x, data_range=255.0, reduction="none"))
-    return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).double().mean())}
+
+
+@torch.no_grad()
+def psnr(originals: np.ndarray, decoded: np.ndarray, batch: int = 2000) -> float:
+    """Mean PSNR (dB) of ``decoded`` against ``originals`` (uint8 ``N x H x W``): the
+    measure a sweep's envelope is chosen by, at a thirtieth of the cost of SSIM."""
+    per_image = [
+        peak_signal_noise_ratio(y, x, data_range=255.0, reduction="none", dim=(1, 2, 3))
+        .double()
+        .clamp(max=MAX_PSNR)
+        for x, y in _batches(originals, decoded, batch)
+    ]
+    return float(torch.cat(per_image).mean())
+
+
+@torch.no_grad()
+def distortion(originals: np.ndarray, decoded: np.ndarray, batch: int = 2000) -> dict[str, float]:
+    """Mean PSNR (dB) and mean SSIM of ``decoded`` against ``originals`` (uint8 ``N x H x W``)."""
+    ssim = [
+        structural_similarity_index_measure(y, x, data_range=255.0, reduction="none")
+        for x, y in _batches(originals, decoded, batch)
+    ]
+    return {"psnr": psnr(originals, decoded, batch), "ssim": float(torch.cat(ssim).double().mean())}
