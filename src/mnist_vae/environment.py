@@ -11,7 +11,7 @@ the thread count not to matter: on an Intel Xeon, ``AVX2`` alone gave other weig
 thread than on two (on an AMD EPYC it did not). So the package caps them when it is
 imported, before torch computes anything, unless ``MNIST_VAE_NATIVE_CPU=1``.
 
-Torch-free at import: ``mnist_vae/__init__.py`` runs :func:`pin_cpu_kernels` before any
+Torch-free at import: ``mnist_vae/__init__.py`` runs ``pin_cpu_kernels`` before any
 module imports torch, and ``python -m mnist_vae.params`` stays fast.
 """
 
@@ -77,7 +77,7 @@ def pin_cpu_kernels(
 def record(device: str, cpu_kernels: str) -> dict[str, Any]:
     """What determines a run's bits, for the metrics file and the MLflow run: enough to
     explain from the records alone why a rerun elsewhere differs. ``cpu_kernels`` is what
-    :func:`pin_cpu_kernels` said."""
+    ``pin_cpu_kernels`` said."""
     import torch  # here, not at import: see the module docstring
 
     gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None

@@ -36,7 +36,7 @@ class CodecError(ValueError):
 
 class TrackingAccessError(PermissionError):
     """The MLflow server refused the credentials (HTTP 401) or the account's permission
-    (HTTP 403); made from MLflow's exception by :func:`tracking_access_error`."""
+    (HTTP 403); made from MLflow's exception by ``tracking_access_error``."""
 
 
 def tracking_access_error(error: BaseException) -> TrackingAccessError | None:

@@ -54,7 +54,7 @@ def originals_over_reconstructions(
 
 def save_strip(pixels: torch.Tensor, path: str | Path) -> Path:
     """8-bit grey images ``uint8 [N, H, W]`` side by side in one lossless PNG, without gaps:
-    :func:`load_strip` gives back the very same pixels."""
+    ``load_strip`` gives back the very same pixels."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_png(torch.cat(list(pixels), dim=1).unsqueeze(0).contiguous(), str(path))
@@ -62,7 +62,7 @@ def save_strip(pixels: torch.Tensor, path: str | Path) -> Path:
 
 
 def load_strip(path: str | Path, side: int) -> torch.Tensor:
-    """:func:`save_strip`'s images, ``uint8 [N, side, side]``."""
+    """``save_strip``'s images, ``uint8 [N, side, side]``."""
     return torch.stack(load_grey(path).split(side, dim=1))
 
 

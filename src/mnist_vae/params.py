@@ -1,9 +1,9 @@
 """Typed pipeline parameters: load ``params.yaml`` and validate it before any work.
 
-Every stage calls :func:`load_params` first, so a typo or an out-of-range value
+Every stage calls ``load_params`` first, so a typo or an out-of-range value
 stops the stage with one message naming the key, the value and what is allowed,
 before any output is touched. The typed objects then travel unchanged into the
-library (``fit`` takes :class:`Params`), so each key has one name and one default.
+library (``fit`` takes ``Params``), so each key has one name and one default.
 
 This module imports neither torch nor the rest of the package: it also holds the
 vocabularies (architectures, losses, schedules, devices, binarisations) that the
@@ -64,7 +64,7 @@ def one_of(options: Iterable[str], default: str) -> Any:
 
 def each(rule: Any, default: tuple) -> Any:
     """A list field (a tuple in Python): not empty, no item twice, every item meeting ``rule``
-    (a field made by :func:`at_least`, :func:`above` or :func:`one_of`)."""
+    (a field made by ``at_least``, ``above`` or ``one_of``)."""
     return field(default=default, metadata=rule.metadata)
 
 

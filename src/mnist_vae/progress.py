@@ -13,7 +13,7 @@ PROGRESS_INTERVAL = 0.2 if sys.stderr.isatty() else 30.0
 
 
 def progress_bar(enabled: bool = True, **kwargs: Any) -> tqdm:
-    """A tqdm bar that disappears when done and redraws at :data:`PROGRESS_INTERVAL`."""
+    """A tqdm bar that disappears when done and redraws at ``PROGRESS_INTERVAL``."""
     return tqdm(disable=not enabled, leave=False, mininterval=PROGRESS_INTERVAL, **kwargs)
 
 

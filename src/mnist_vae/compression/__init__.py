@@ -1,5 +1,5 @@
 """Everything that writes or reads bytes: the container format both codecs write
-(:mod:`.container`), the lossless bits-back codec (:mod:`.lossless`) on integer-exact
-networks (:mod:`.fixed_point`, :mod:`.exact_likelihoods`), the lossy codec (:mod:`.lossy`),
+(``container``), the lossless bits-back codec (``lossless``) on integer-exact
+networks (``fixed_point``, ``exact_likelihoods``), the lossy codec (``lossy``),
 the classic and learned codecs we measure against, and the rate-distortion sweeps.
 Imports the model, the data and the foundations; never evaluation or tracking."""

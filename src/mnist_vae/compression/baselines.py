@@ -8,9 +8,9 @@ models trained on everything); PNG (Pillow, optimized), WebP lossless (Pillow) a
 XL lossless (imagecodecs). Every codec's output is decoded again and checked pixel for
 pixel: a baseline that is not lossless here is an error, not a figure.
 
-The lossy codecs (:func:`measure_lossy`) run over a sweep of their quality setting, per
+The lossy codecs (``measure_lossy``) run over a sweep of their quality setting, per
 image and as the mosaic, and each output is decoded and judged by PSNR and SSIM
-(:mod:`.distortion`): JPEG (Pillow's libjpeg, Huffman tables optimized), the same JPEG
+(``distortion``): JPEG (Pillow's libjpeg, Huffman tables optimized), the same JPEG
 re-packed by mozjpeg (its lossless optimizer: progressive scans and the smallest Huffman
 code; the coefficients are Pillow's), WebP (Pillow, method 6), AVIF (Pillow) and JPEG XL
 (imagecodecs, its ``level`` setting, 0..100).

@@ -1,26 +1,24 @@
 """The container both codecs write: one header, then the coder's words.
 
-A lossless file (:mod:`.lossless`) and a lossy one (:mod:`.lossy`) share this layout and
+A lossless file (``lossless``) and a lossy one (``lossy``) share this layout and
 differ in the mode byte, so one reader tells them apart, refuses a file written with another
 model (the weights' sha256) or by an unknown version, and finds damage before decoding.
 
 The file format (all integers little-endian):
 
-======  =======  =========================================================
-offset  size     field
-======  =======  =========================================================
-0       4        magic ``MVAE``
-4       1        format version (3; 2 is read too; 1 was the floating-point codec, refused)
-5       1        mode (0: lossless bits-back; 1, 2: lossy, see :mod:`.lossy`)
-6       32       sha256 of the model's weights file
-38      4        number of images
-42      2, 2     image height, width
-46      2        values per pixel (256: 8-bit grey; 2: binary)
-48      2        images per coding group (the largest; see :mod:`.lossless`)
-50      1        latent grid: ``LATENT_BITS`` (lossy: the rate level)
-51      8        first 8 bytes of the sha256 of the original pixels (lossy: of the codes)
-59      4 x n    the ANS words (``uint32``) to the end of the file
-======  =======  =========================================================
+| offset | size | field |
+| --- | --- | --- |
+| 0 | 4 | magic ``MVAE`` |
+| 4 | 1 | format version (3; 2 is read too; 1 was the floating-point codec, refused) |
+| 5 | 1 | mode (0: lossless bits-back; 1, 2: lossy, see ``lossy``) |
+| 6 | 32 | sha256 of the model's weights file |
+| 38 | 4 | number of images |
+| 42 | 2, 2 | image height, width |
+| 46 | 2 | values per pixel (256: 8-bit grey; 2: binary) |
+| 48 | 2 | images per coding group (the largest; see ``lossless``) |
+| 50 | 1 | latent grid: ``LATENT_BITS`` (lossy: the rate level) |
+| 51 | 8 | first 8 bytes of the sha256 of the original pixels (lossy: of the codes) |
+| 59 | 4 x n | the ANS words (``uint32``) to the end of the file |
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from ..model.folder import WEIGHTS_FILE
 MAGIC = b"MVAE"
 VERSION = 3
 """1: probabilities from the floating-point network (decoded only where written); 2: from
-integer arithmetic (:mod:`.fixed_point`), the same on every platform; 3: also written by
+integer arithmetic (``fixed_point``), the same on every platform; 3: also written by
 autoregressive models (the pixels position by position). A factorized model's version-3
 stream is laid out as version 2 was, so version 2 is read too."""
 READABLE = (2, 3)

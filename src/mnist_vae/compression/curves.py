@@ -1,6 +1,6 @@
 """The points of a rate-distortion curve, as every lossy sweep writes them (ours, PCA, the
 classic codecs, the learned ones), and where a sweep keeps the digits it decoded for the
-equal-bytes picture. Kept apart from :mod:`.rate_distortion` so that a sweep which only
+equal-bytes picture. Kept apart from ``rate_distortion`` so that a sweep which only
 writes points (the learned_baselines stage) does not import the VAE's codec."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ SHOWN = 16
 
 def point(codec: str, layout: str, setting: str, size: int, n: int, quality: dict) -> dict:
     """One point of a curve: ``size`` bytes written for ``n`` images, their ``quality``
-    (:func:`.distortion.distortion`)."""
+    (``distortion.distortion``)."""
     return {"codec": codec, "layout": layout, "setting": setting, "bytes": size,
             "bits_per_image": 8 * size / n, **quality}  # fmt: skip
 
 
 def decoded_strip(folder: str | Path, codec: str, setting: str) -> Path:
-    """Where a sweep keeps the first :data:`SHOWN` test digits as ``codec`` at ``setting``
-    decodes them (:func:`.images.save_strip`)."""
+    """Where a sweep keeps the first ``SHOWN`` test digits as ``codec`` at ``setting``
+    decodes them (``images.save_strip``)."""
     return Path(folder) / "decoded" / f"{codec}_{'_'.join(setting.split())}.png"

@@ -1,10 +1,10 @@
 """The pixel likelihoods in integer arithmetic: the frequencies the lossless coder sees.
 
-:mod:`.likelihoods` defines each distribution in floating point, for training and
+``likelihoods`` defines each distribution in floating point, for training and
 evaluation. Here the same distributions are computed from the
-:class:`~.fixed_point.ExactNetwork`'s integer outputs (rows of ``channels`` int64
+``fixed_point.ExactNetwork``'s integer outputs (rows of ``channels`` int64
 parameters at ``2^-ACTIVATION_BITS`` per pixel) with integer operations and
-:mod:`.fixed_point`'s tables only, so every platform gets the same integers. A table is
+``fixed_point``'s tables only, so every platform gets the same integers. A table is
 unnormalized (the coder normalizes), int64 below 2^53 (exact as the float64 that
 ``constriction`` takes), and may hold zeros: the coder still gives every value a little
 probability, so no image is refused.

@@ -8,7 +8,7 @@ kernels. So the codecs compute their probabilities here, from integers only (aft
 Ballé, Johnston and Minnen 2019, "Integer networks for data compression with
 latent-variable models", applied to a network trained in floating point):
 
-* :class:`ExactNetwork` runs the trained encoder and decoder with weights rounded to
+* ``ExactNetwork`` runs the trained encoder and decoder with weights rounded to
   integers (a power-of-two scale per layer) on activations rounded to multiples of
   ``2^-ACTIVATION_BITS``. The products and sums are carried out in float64, whose
   integers are exact up to 2^53: each layer's scale is chosen so that no partial sum of
@@ -16,17 +16,17 @@ latent-variable models", applied to a network trained in floating point):
   summation order, kernel, thread count and device gives the same integers. Between
   layers only correctly rounded IEEE operations (a product by the leaky slope, a power
   of two, rounding to an integer) touch the numbers, which are the same everywhere.
-* :class:`Table` replaces each transcendental function (sigmoid, exp, log, the normal
+* ``Table`` replaces each transcendental function (sigmoid, exp, log, the normal
   CDF, softplus) by integers sampled on a grid and interpolated linearly in integer
   arithmetic. A table is computed once per process with the platform's ``math`` library
-  and rounded to integers; :meth:`Table.margin` measures how far its exact values stay
+  and rounded to integers; ``Table.margin`` measures how far its exact values stay
   from a rounding boundary: at least 17 ulps for every table
   (tests/test_fixed_point.py), so any libm within that of this one's gives the same
   integers.
 
-Everything downstream (the pixel likelihoods in :mod:`.exact_likelihoods`, the quantized
-Gaussians of the latents in :mod:`.codec`, the lossy code's entropy model in
-:mod:`.lossy`) is integer arithmetic on torch ``int64`` tensors, exact on every platform.
+Everything downstream (the pixel likelihoods in ``exact_likelihoods``, the quantized
+Gaussians of the latents in ``codec``, the lossy code's entropy model in
+``lossy``) is integer arithmetic on torch ``int64`` tensors, exact on every platform.
 
 Why not the other remedy, probabilities computed in floating point and rounded to a
 coarse grid with a margin: a test set asks for about 1.6 billion probabilities, and a
@@ -62,7 +62,7 @@ def rounded(x: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Table:
     """A function sampled at ``lo + i 2^-step_bits`` (``i = 0..n``) and stored as the
-    integers ``round(f(x) 2^value_bits)``; :meth:`__call__` interpolates it linearly in
+    integers ``round(f(x) 2^value_bits)``; ``__call__`` interpolates it linearly in
     integer arithmetic and is constant beyond the ends."""
 
     values: torch.Tensor  # int64, n + 1 entries
@@ -203,7 +203,7 @@ def _integer_layer(
 
 
 class ExactNetwork:
-    """A trained :class:`~.model.ConvVAE`'s encoder and decoder in integer arithmetic: the
+    """A trained ``model.ConvVAE``'s encoder and decoder in integer arithmetic: the
     same numbers from the same inputs on every platform. Inputs are 8-bit pixel values
     (integers ``0..255``) and latents as integers at ``2^-latent_bits``; outputs are
     integers at ``2^-ACTIVATION_BITS`` (int64)."""
@@ -261,7 +261,7 @@ class ExactNetwork:
         """The decoder's output ``[N, channels, H, W]`` (int64 at ``2^-ACTIVATION_BITS``) for
         latents given as integers ``z`` at ``2^-latent_bits``, clamped to +-``LATENT_LIMIT``:
         the likelihood's parameters, or for an autoregressive model the features its pixel
-        head reads (then :meth:`pixel_parameters`)."""
+        head reads (then ``pixel_parameters``)."""
         if latent_bits not in self._decoders:
             self._decoders[latent_bits] = self._chain(
                 self.model.decoder, 0, float(LATENT_LIMIT << latent_bits),
@@ -272,7 +272,7 @@ class ExactNetwork:
 
     def pixel_parameters(self, rows: torch.Tensor) -> torch.Tensor:
         """An autoregressive model's pixel head on integer rows of ``features + context``
-        numbers at ``2^-ACTIVATION_BITS`` (:mod:`.autoregressive`): the likelihood's
+        numbers at ``2^-ACTIVATION_BITS`` (``autoregressive``): the likelihood's
         parameters, ``[M, channels]`` int64. The products of a row sum exactly, so a pixel's
         parameters are the same whether its image is done at once or a position at a time."""
         if self.head is None:

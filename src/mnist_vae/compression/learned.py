@@ -5,13 +5,13 @@ hyperprior (``bmshj2018-hyperprior``), Minnen et al. 2018's mean-scale hyperprio
 
 A model needs its input to be a multiple of its downsampling factor (16 for the factorized
 prior, 64 for the hyperpriors), so a 28 x 28 digit is padded with black, the digits'
-background, to 32 x 32 or 64 x 64 (:func:`pad`). The padding travels through the codec and
+background, to 32 x 32 or 64 x 64 (``pad``). The padding travels through the codec and
 its bits are in the stream, but the loss, the rate per pixel and the distortion count only
 the digit's 784 pixels: the decoded picture is cropped back to 28 x 28 before anything is
 measured.
 
 Every rate is the bytes of real streams from CompressAI's own entropy coder (``compress``
-after ``update``), one stream per digit (:func:`pack`: its strings, each but the last
+after ``update``), one stream per digit (``pack``: its strings, each but the last
 preceded by its length); every distortion is that of the images decoded from those bytes,
 after checking that they are the pictures the encoder meant. (CompressAI's coder is a
 64-bit rANS that ends every string on its 8-byte state: a digit costs the factorized prior
@@ -80,7 +80,7 @@ def pad(x: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def crop(x: torch.Tensor) -> torch.Tensor:
-    """The digit back out of :func:`pad`'s square."""
+    """The digit back out of ``pad``'s square."""
     before = (x.shape[-1] - SIDE) // 2
     return x[..., before : before + SIDE, before : before + SIDE]
 
@@ -186,7 +186,7 @@ def pack(strings: Sequence[bytes]) -> bytes:
 
 
 def unpack(stream: bytes, count: int) -> list[bytes]:
-    """:func:`pack` undone: the ``count`` strings of one stream."""
+    """``pack`` undone: the ``count`` strings of one stream."""
     strings, at = [], 0
     for _ in range(count - 1):
         n, shift = 0, 0
@@ -212,7 +212,7 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def compress(model: CompressionModel, images: np.ndarray, batch: int = 500) -> list[bytes]:
-    """One stream per uint8 digit (:func:`pack`), by the model's own entropy coder."""
+    """One stream per uint8 digit (``pack``), by the model's own entropy coder."""
     side = padded_side(model)
     streams: list[bytes] = []
     for start in range(0, len(images), batch):
@@ -228,7 +228,7 @@ def _strings_per_stream(model: CompressionModel) -> int:
 
 @torch.no_grad()
 def decompress(model: CompressionModel, streams: Sequence[bytes], batch: int = 500) -> np.ndarray:
-    """The uint8 digits ``[N, 28, 28]`` decoded from :func:`compress`'s streams."""
+    """The uint8 digits ``[N, 28, 28]`` decoded from ``compress``'s streams."""
     side = padded_side(model) // model.downsampling_factor  # the first string's latent's side
     count = _strings_per_stream(model)
     decoded = [np.zeros((0, SIDE, SIDE), np.uint8)]
@@ -255,7 +255,7 @@ def intended(model: CompressionModel, images: np.ndarray, batch: int = 500) -> n
 @dataclass(frozen=True)
 class Point:
     """One model at one lambda: how it was trained, its streams of the test digits and the
-    digits decoded from them (checked against :func:`intended`)."""
+    digits decoded from them (checked against ``intended``)."""
 
     codec: str
     lmbda: float

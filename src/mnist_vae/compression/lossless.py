@@ -21,16 +21,16 @@ then, if not, its value among 1..255, which is the same distribution (p(k) = p(n
 p(k | not 0)) at a fifth of the work of a 256-entry table for every pixel.
 
 **A file decodes anywhere the model is.** Every probability the coder sees is an integer
-computed in integer arithmetic (:mod:`.fixed_point`): the encoder and decoder run as an
-:class:`~.fixed_point.ExactNetwork`, and the posterior, the prior and the pixel
+computed in integer arithmetic (``fixed_point``): the encoder and decoder run as an
+``fixed_point.ExactNetwork``, and the posterior, the prior and the pixel
 likelihood turn its integer outputs into integer frequencies through tables. So the
 frequencies, hence the bits, are the same whatever the CPU kernels (pinned, native,
 scalar), the thread count, the batch, the device or the torch version
-(:mod:`.portability` runs the matrix). Every mismatch that remains possible (another
-model, damaged bytes) ends in :class:`~.errors.CodecError`, never in wrong images: the
+(``portability`` runs the matrix). Every mismatch that remains possible (another
+model, damaged bytes) ends in ``errors.CodecError``, never in wrong images: the
 header carries the weights' sha256 and a checksum of the original pixels.
 
-**An autoregressive model** (:mod:`.autoregressive`) gives each pixel's distribution from
+**An autoregressive model** (``autoregressive``) gives each pixel's distribution from
 z and the pixels above and to its left. Compression knows every pixel, so it computes all
 of a group's parameters at once and pushes the pixels position by position, the last
 first; decompression pops position 0 of every image in the group, then position 1 with
@@ -43,7 +43,7 @@ Images are coded in groups that grow from one image, doubling up to the header's
 size: a group's latents are popped before its pixels are pushed, so the grouping is part
 of the stream; the network computes the same integers however it is batched.
 
-The file format is :mod:`.container`'s.
+The file format is ``container``'s.
 """
 
 from __future__ import annotations
@@ -378,7 +378,7 @@ class RoundTrip:
 
 def round_trip(folder: str | Path, images: np.ndarray) -> RoundTrip:
     """Compress ``images`` with the model in ``folder``, decompress them with a codec built
-    afresh from the folder, and check every pixel (a mismatch is a :class:`CodecError`)."""
+    afresh from the folder, and check every pixel (a mismatch is a ``CodecError``)."""
     start = time.perf_counter()
     data = BitsBackCodec.from_folder(folder).compress(images)
     middle = time.perf_counter()

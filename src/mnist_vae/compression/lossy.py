@@ -5,14 +5,14 @@ integers, one per latent dimension. The integers are entropy-coded with ``constr
 each dimension under its own categorical distribution over the grid; decoding maps each
 integer to its cell's centroid under that distribution and decodes it with the model's
 lossy decoder, trained for squared error on the training codes at every level
-(:mod:`.lossy_decoder`, :func:`fit_lossy_decoder`), rounded to 8 bits. A model without one
+(``lossy_decoder``, ``fit_lossy_decoder``), rounded to 8 bits. A model without one
 decodes the mean image of p(x|z) (at the coarsest levels, the average of the mean images
-at several points of the cell: :func:`points_per_code`).
+at several points of the cell: ``points_per_code``).
 
 Which distribution codes the integers (the entropy model, named in every stream):
 
 * ``mixture`` (the default when the model has one): the marginals of the Gaussian mixture
-  that :mod:`.sampler` fitted to the posterior means of the training images, integrated
+  that ``sampler`` fitted to the posterior means of the training images, integrated
   over each grid cell. It is fitted to exactly what is quantized, and it is stored with
   the weights, so any copy of the model decodes.
 * ``prior``: the prior N(0, I) integrated the same way. It is what the VAE was trained
@@ -27,7 +27,7 @@ deviations (the posterior means of MNIST stay well inside).
 
 Two layouts, both measured by their bytes:
 
-* **the whole set** (``compress``/``decompress``): the file header of :mod:`.codec` (mode
+* **the whole set** (``compress``/``decompress``): the file header of ``codec`` (mode
   1 or 2, the rate level in its ``latent_bits`` byte, a checksum of the codes) and one ANS
   stream holding every code;
 * **one stream per image** (``compress_each``/``decompress_each``): ``STREAM_HEADER`` = 3
@@ -43,8 +43,8 @@ Two layouts, both measured by their bytes:
 
 The entropy model never comes from the network: its probabilities are the mixture's (or
 the prior's) numbers rounded to fixed point and integrated over the cells in integer
-arithmetic (:func:`integer_masses`, the normal CDF from :mod:`.fixed_point`'s table), so
-the codes decode the same on every platform (:mod:`.portability`). The picture a code
+arithmetic (``integer_masses``, the normal CDF from ``fixed_point``'s table), so
+the codes decode the same on every platform (``portability``). The picture a code
 decodes to is the float decoder's, rounded to 8 bits.
 """
 
@@ -127,7 +127,7 @@ def integer_masses(
     weights: np.ndarray, means: np.ndarray, stds: np.ndarray, edges: np.ndarray
 ) -> np.ndarray:
     """What the coder sees: each dimension's marginal mass in each cell ``[dims, cells]``,
-    in integer arithmetic (:mod:`.fixed_point`), the same on every platform. The mixture's
+    in integer arithmetic (``fixed_point``), the same on every platform. The mixture's
     numbers are rounded to fixed point first (weights at 2^-20, means, stds and the finite
     edges at 2^-16), each component's CDF at the edges comes from the normal table; the
     result is exact integers as float64 (below 2^51)."""
@@ -155,7 +155,7 @@ def exact_stds(scale_tril: torch.Tensor) -> np.ndarray:
 
 
 class _Mixture(NamedTuple):
-    """A Gaussian mixture behind a :class:`FactorizedCoder`, its dimensions per component
+    """A Gaussian mixture behind a ``FactorizedCoder``, its dimensions per component
     taken as independent: log weights ``[K]``, means and stds ``[K, dims]``, the grid's cell
     edges ``[cells + 1]`` and each component's CDF at them ``[K, dims, cells + 1]``."""
 
@@ -216,7 +216,7 @@ class FactorizedCoder:
     def points(self, codes: np.ndarray, count: int) -> np.ndarray:
         """``count`` points ``[n, count, dims]`` in each code's cell, spread by the mixture
         restricted to the cell, so that the mean of a function over them estimates its
-        conditional mean given the code (:meth:`LossyCodec.images` averages decoded images).
+        conditional mean given the code (``LossyCodec.images`` averages decoded images).
 
         Deterministic: the points are quantiles, not random draws. Each component's share of
         the cell (its mass in the cell; within a component the dimensions are taken as
@@ -415,9 +415,9 @@ class LossyCodec:
 
     def images(self, codes: np.ndarray, setting: Setting) -> np.ndarray:
         """The 8-bit images ``[N, H, W]`` that ``codes`` decode to: the model's lossy decoder
-        at the cell's centroid and the level when it has one (:mod:`.lossy_decoder`); else
+        at the cell's centroid and the level when it has one (``lossy_decoder``); else
         the decoder's mean image at the centroid, or below level ``AVERAGED_BELOW`` the
-        average of the mean images at :func:`points_per_code` points of the cell."""
+        average of the mean images at ``points_per_code`` points of the cell."""
         codes = np.ascontiguousarray(codes, dtype=np.int32)
         key = _digest(codes, f"{setting.rate} {setting.entropy}".encode())
         if self._pictures is None or self._pictures[0] != key:

@@ -1,14 +1,14 @@
 """Rate against distortion: the VAE's lossy code at every rate level, PCA, and the standard
-codecs over their quality sweeps (:func:`.baselines.measure_lossy`), on the same images.
+codecs over their quality sweeps (``baselines.measure_lossy``), on the same images.
 
 Every rate is the length of bytes actually produced (ours: the whole-set file with its
 header, and the sum of the per-image streams); every distortion is measured on the
-images decoded from those bytes (:mod:`.distortion`).
+images decoded from those bytes (``distortion``).
 
 PCA is the linear code a VAE should beat: principal components of the training images,
 each image's coefficients quantized on a grid of one step for all components (for a
 squared error in pixel space, an orthonormal code is best served by a uniform step) and
-entropy-coded by the same coder as ours (:class:`.lossy.FactorizedCoder`), component
+entropy-coded by the same coder as ours (``lossy.FactorizedCoder``), component
 ``j`` under N(0, its variance on the training set). Its curve is the upper envelope over
 several numbers of components and steps.
 """
@@ -321,9 +321,9 @@ def picture_at_equal_bytes(
     codec: LossyCodec, images: np.ndarray, rate: int, baselines: pd.DataFrame,
     learned: pd.DataFrame, learned_folder: str | Path, path: str | Path,
 ) -> Path:  # fmt: skip
-    """The first :data:`SHOWN` images: originals, over ours at ``rate`` (decoded from the
-    whole-set file), over the classic codec :func:`closest_baseline` picks for our bytes,
-    over the learned point :func:`nearest_learned` picks (as its stage decoded them)."""
+    """The first ``SHOWN`` images: originals, over ours at ``rate`` (decoded from the
+    whole-set file), over the classic codec ``closest_baseline`` picks for our bytes,
+    over the learned point ``nearest_learned`` picks (as its stage decoded them)."""
     data = codec.compress(images, rate)
     ours_bytes = len(data) / len(images)
     other = closest_baseline(baselines, ours_bytes)

@@ -2,7 +2,7 @@
 
 Image-quality measures come from torchmetrics (PSNR, SSIM, and the Fréchet
 distance computed by its FID implementation on features of our own MNIST
-classifier); the likelihood bounds from :mod:`mnist_vae.training.losses`.
+classifier); the likelihood bounds from ``mnist_vae.training.losses``.
 """
 
 from __future__ import annotations

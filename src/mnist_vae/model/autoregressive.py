@@ -11,8 +11,8 @@ likelihood's parameters.
 Trained with teacher forcing, the whole image at once (the true pixels are the context).
 Decoded, it runs one position at a time over a batch of images: 784 small steps, each
 reading only pixels that are already known. Both read the context with the same index
-table (:meth:`PixelHead.context`), and the floating-point and the integer network
-(:mod:`.fixed_point`) both run the per-pixel network on rows of ``features + context``
+table (``PixelHead.context``), and the floating-point and the integer network
+(``fixed_point``) both run the per-pixel network on rows of ``features + context``
 numbers, so a position's parameters are the same whether the image is done at once or a
 pixel at a time.
 

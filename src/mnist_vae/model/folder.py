@@ -1,12 +1,12 @@
 """Model folders: the config that built a model, as JSON, beside its weights.
 
-(The train stage's resume checkpoints are another thing: see :mod:`.checkpoint`.)
+(The train stage's resume checkpoints are another thing: see ``checkpoint``.)
 
 One way to write and read them for every network in the project (the VAE, the
 classifier), so a folder always describes itself and weights are only ever read
 with ``torch.load(..., weights_only=True)``: loading never runs pickled code.
 A folder that cannot be loaded (missing, truncated or foreign files, weights that
-do not fit the config) raises :class:`ModelFolderError` naming the file and what
+do not fit the config) raises ``ModelFolderError`` naming the file and what
 to do, never a traceback from deep inside torch.
 """
 

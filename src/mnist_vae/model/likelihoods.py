@@ -1,6 +1,6 @@
 """What the decoder's output means: a distribution over each pixel's value.
 
-The decoder outputs ``channels`` numbers per pixel; a :class:`Likelihood` turns them into
+The decoder outputs ``channels`` numbers per pixel; a ``Likelihood`` turns them into
 a distribution over the pixel, gives the negative log-likelihood of an image in nats,
 the mean image (what the pictures show), and, for coding, the probability of every
 value a pixel can take. Names are the ``train.loss`` values that use them:
@@ -71,7 +71,7 @@ class Likelihood:
         return weights.view(len(params), -1, weights.shape[-1])
 
     def log_weights(self, rows: torch.Tensor) -> torch.Tensor:
-        """For pixels given as rows of parameters (:func:`pixel_rows`), the log-probability
+        """For pixels given as rows of parameters (``pixel_rows``), the log-probability
         of every value up to a constant per row: ``[M, levels]`` (all a coder needs)."""
         raise NotImplementedError
 

@@ -7,10 +7,10 @@ the code's cell. For the autoregressive decoder the model's own picture of a cod
 pixel its expected value given the pixels drawn before it) is far from that (README:
 Compression, Lossy).
 
-:class:`LossyDecoder` starts as a copy of the VAE's decoder (its dense layers and
+``LossyDecoder`` starts as a copy of the VAE's decoder (its dense layers and
 transposed convolutions), reads the cell's centroid and the rate level (a learned offset
 per level on the first layer: a coarse cell holds more digits than a fine one around the
-same point) and ends in one sigmoid channel. :func:`.lossy.fit_lossy_decoder` trains it
+same point) and ends in one sigmoid channel. ``lossy.fit_lossy_decoder`` trains it
 after the VAE, on the training digits' codes at every level; its weights are saved with
 the VAE's, so every copy of the model decodes the same pictures.
 """

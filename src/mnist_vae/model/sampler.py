@@ -11,7 +11,7 @@ without touching the model that codes: measured in the README (Results).
 
 The mixture is scikit-learn's ``GaussianMixture`` (full covariances, EM seeded by
 ``seed``) on the posterior means of the training images; its weights, means and Cholesky
-factors become buffers of the model (:class:`~.model.ConvVAE`), saved in ``model.pt``
+factors become buffers of the model (``model.ConvVAE``), saved in ``model.pt``
 with the weights, so everything that samples (the generate and evaluate stages, the
 served model) uses it. The bits-back codec keeps the prior it was trained with.
 """

@@ -1,7 +1,7 @@
 """The convolutional VAE, in two architectures.
 
 One uniform API (after pythae): ``encode``, ``decode``, ``reconstruct``,
-``sample``, ``interpolate``. The :class:`VAEConfig` that built a model is saved
+``sample``, ``interpolate``. The ``VAEConfig`` that built a model is saved
 as JSON beside its weights, so a model folder describes itself and loads back
 without the params file.
 
@@ -62,13 +62,13 @@ class VAEConfig:
     image_size: int = 28
     negative_slope: float = 0.2
     likelihood: str = "bce"
-    """what the decoder's output means (:mod:`.likelihoods`; the ``train.loss`` trained with)"""
+    """what the decoder's output means (``likelihoods``; the ``train.loss`` trained with)"""
     sampler_components: int = 0
-    """Gaussians in the mixture that :meth:`ConvVAE.sample` draws latents from, fitted to the
-    training set's codes after training (:mod:`.sampler`); 0: the N(0, I) prior"""
+    """Gaussians in the mixture that ``ConvVAE.sample`` draws latents from, fitted to the
+    training set's codes after training (``sampler``); 0: the N(0, I) prior"""
     decoder: str = "factorized"
     """``factorized``: every pixel's distribution from z alone; ``autoregressive``: also from
-    the pixels above and to its left (:mod:`.autoregressive`)"""
+    the pixels above and to its left (``autoregressive``)"""
     head_features: int = 16
     """autoregressive: channels the decoder hands the pixel head at each pixel"""
     head_hidden: int = 32
@@ -77,7 +77,7 @@ class VAEConfig:
     """autoregressive: the context is the ``r`` rows above and ``r`` pixels left of a pixel,
     ``2r + 1`` wide (r = 3: 24 pixels)"""
     lossy_decoder: bool = False
-    """whether the model carries the lossy codec's own decoder (:mod:`.lossy_decoder`),
+    """whether the model carries the lossy codec's own decoder (``lossy_decoder``),
     trained for squared error after the VAE; without it a code decodes to the model's
     mean image"""
 
@@ -252,7 +252,7 @@ class ConvVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` images decoded from :meth:`sample_latents`."""
+        """``n`` images decoded from ``sample_latents``."""
         return self.mean_image(self.sample_latents(n, generator))
 
     @torch.no_grad()

@@ -1,8 +1,8 @@
 """How the served model is logged: its request params, its signature and
-:func:`log_pyfunc_model` (models-from-code: ``serving_model.py`` builds the
-:class:`~.serving.VAEPyfunc`, the package travels as ``code_paths``).
+``log_pyfunc_model`` (models-from-code: ``serving_model.py`` builds the
+``serving.VAEPyfunc``, the package travels as ``code_paths``).
 
-This module does not import :mod:`.serving`, so the train stage, which logs the model,
+This module does not import ``serving``, so the train stage, which logs the model,
 depends on neither the served model's logic nor the codecs behind it (dvc.yaml).
 """
 

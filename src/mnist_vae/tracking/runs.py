@@ -1,6 +1,6 @@
 """MLflow: where runs are stored, and the one run that holds a model's lineage.
 
-The train stage opens the run with :func:`training_run` (a new one, or the one an
+The train stage opens the run with ``training_run`` (a new one, or the one an
 interrupted training was logging to): params as params.yaml says them and as the
 run used them, the training and test images as the run's dataset inputs, system
 metrics (CPU, memory) while it trains. It tags the run with the sha256 of the

@@ -1,30 +1,28 @@
 """The served model: an MLflow pyfunc over a VAE model folder, logged as models-from-code.
 
 Nothing is cloudpickled. The model is the code in ``serving_model.py`` (which builds a
-:class:`VAEPyfunc`) plus this package, shipped with it through ``code_paths``, plus the
+``VAEPyfunc``) plus this package, shipped with it through ``code_paths``, plus the
 model folder (``config.json`` and ``model.pt``) as an artifact, read back with
 ``torch.load(..., weights_only=True)``. So ``mlflow models serve`` and
 ``mlflow.pyfunc.load_model`` work without the repository checked out.
 
 A request picks what to do with MLflow's ``params``:
 
-============  ===========================================  ====================================
-``mode``      ``inputs``                                   ``predictions``
-============  ===========================================  ====================================
-decode        latent vectors, ``n x latent_dim``           images ``n x 28 x 28`` in [0, 1]
-encode        images ``n x 28 x 28`` in [0, 1]             ``{"mean": n x d, "logvar": n x d}``
-reconstruct   images ``n x 28 x 28`` in [0, 1]             images ``n x 28 x 28`` in [0, 1]
-sample        ignored (send ``[]``); params ``n``, ``seed``  images ``n x 28 x 28`` in [0, 1]
-compress      images ``n x 28 x 28`` in [0, 1]; ``rate``   ``n`` base64 strings: each image's
-              (lossy, :mod:`.lossy`; default 6)              lossy stream (a few bytes)
-decompress    ``n`` base64 strings from ``compress``        images ``n x 28 x 28`` in [0, 1]
-============  ===========================================  ====================================
+| ``mode`` | ``inputs`` | ``predictions`` |
+| --- | --- | --- |
+| decode | latent vectors, ``n x latent_dim`` | images ``n x 28 x 28`` in [0, 1] |
+| encode | images ``n x 28 x 28`` in [0, 1] | ``{"mean": n x d, "logvar": n x d}`` |
+| reconstruct | images ``n x 28 x 28`` in [0, 1] | images ``n x 28 x 28`` in [0, 1] |
+| sample | ignored (send ``[]``); params ``n``, ``seed`` | images ``n x 28 x 28`` in [0, 1] |
+| compress | images ``n x 28 x 28`` in [0, 1]; ``rate`` (default 6) | ``n`` base64 lossy streams |
+| decompress | ``n`` base64 strings from ``compress`` | images ``n x 28 x 28`` in [0, 1] |
 
-``compress`` rounds the pixels to 8 bits first; a stream decodes with the same model only
+``compress`` rounds the pixels to 8 bits first and writes each image's lossy stream
+(``compression.lossy``: a few bytes); a stream decodes with the same model only
 (``mnist-vae decompress`` takes one saved to a file, too).
 
 Images may also come flat (``n x 784``) or with a channel axis (``n x 1 x 28 x 28``).
-A request that breaks these rules raises an :class:`~mlflow.exceptions.MlflowException`
+A request that breaks these rules raises an ``mlflow.exceptions.MlflowException``
 with ``INVALID_PARAMETER_VALUE``, which the scoring server answers with HTTP 400 and the
 message, and goes on serving.
 """

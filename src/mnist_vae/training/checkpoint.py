@@ -7,7 +7,7 @@ fix the weights, the number of processes, the data checksum) continues from it, 
 same MLflow run, bit for bit; one from other params or data is ignored. The file is
 removed when training completes.
 
-(Model folders, the weights one stage hands to the next, are :mod:`.model_folder`.)
+(Model folders, the weights one stage hands to the next, are ``model_folder``.)
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 ``torchrun --nproc_per_node=N stages/train.py`` starts N copies of the train stage and
 tells each its place through the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``, ``MASTER_PORT``). A ``WORLD_SIZE`` above 1 is what switches training to
-:class:`~torch.nn.parallel.DistributedDataParallel`; without it (``python stages/train.py``)
+``torch.nn.parallel.DistributedDataParallel``; without it (``python stages/train.py``)
 nothing here does anything and training is the single-process loop, bit for bit.
 
 What each process does under DDP:
 
 - it joins the process group (gloo on the CPU, NCCL on CUDA, one GPU per ``LOCAL_RANK``);
 - every epoch it visits its shard of a permutation shared by all processes
-  (:class:`~torch.utils.data.distributed.DistributedSampler`, seeded with ``seed``,
+  (``torch.utils.data.distributed.DistributedSampler``, seeded with ``seed``,
   reshuffled by epoch; up to N-1 images are visited twice so all shards are the same size);
 - ``train.batch_size`` is per process, so the effective batch is ``N x batch_size``;
 - its reparameterisation noise comes from its own generator seeded with ``seed + rank``;

@@ -1,18 +1,18 @@
 """The training loop: seeded, deterministic on CPU, with progress output.
 
-:func:`fit` takes the typed :class:`~.params.Params` and a :class:`TrainingPlan`, the
+``fit`` takes the typed ``params.Params`` and a ``TrainingPlan``, the
 numbers the run actually uses (device, per-process batch size and learning rate after
-``cuda_batch_scale``, processes), derived once by :func:`plan_training` and printed once.
+``cuda_batch_scale``, processes), derived once by ``plan_training`` and printed once.
 
 The data are tensors already in memory (on the GPU when training there); a batch
 is an index slice, so there is no per-image Python work in the hot loop. All
 randomness (weight init, shuffling, the reparameterisation noise) flows from the
 one ``seed``: initialisation from the global generator seeded just before the
-model is built, shuffling and noise from a dedicated :class:`torch.Generator` on
+model is built, shuffling and noise from a dedicated ``torch.Generator`` on
 the training device. The test estimate uses its own fixed generator, so the
 reported test loss of the same weights is always the same.
 
-Under ``torchrun`` (see :mod:`.distributed`) the same loop runs data-parallel: each
+Under ``torchrun`` (see ``distributed``) the same loop runs data-parallel: each
 process visits its shard, draws its noise from ``seed + rank``, and DDP averages the
 gradients; only rank 0 evaluates and checkpoints.
 
@@ -109,7 +109,7 @@ def plan_training(params: TrainParams, cluster: Cluster, n_train: int) -> Traini
     """Resolve the device and scale the batch and learning rate for it (on CUDA the batch
     grows ``cuda_batch_scale`` times and the learning rate by its square root: a GPU runs a
     big batch in the time of a small one). A batch larger than a process's share of the
-    training images is a :class:`~.errors.ParamsError`."""
+    training images is a ``errors.ParamsError``."""
     per_process = -(-n_train // cluster.world_size)
     if params.batch_size > per_process:
         raise ParamsError(
@@ -193,7 +193,7 @@ def held_out_loss(
     model: ConvVAE, images: torch.Tensor, loss: str, seed: int, batch_size: int = 1000
 ) -> LossParts:
     """Single-sample negative ELBO and its parts, averaged over ``images`` (the per-epoch
-    test figure; the evaluate stage's fuller measures are in :mod:`.metrics`)."""
+    test figure; the evaluate stage's fuller measures are in ``metrics``)."""
     model.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
     sums = torch.zeros(3, dtype=torch.float64)
@@ -228,7 +228,7 @@ def train_epoch(
     With ``binarize``, each grey-level image is re-drawn as Bernoulli pixels every time it
     is seen (dynamic binarisation, as in the binarized-MNIST literature). ``scheduler`` is
     stepped after every batch. ``bf16`` runs the network under bfloat16 autocast (the loss
-    stays in float32). A NaN or infinite loss raises :class:`~.errors.TrainingDiverged`
+    stays in float32). A NaN or infinite loss raises ``errors.TrainingDiverged``
     before the step that would spread it into the weights."""
     network.train()
     device = images.device
@@ -276,18 +276,18 @@ def fit(
     """Train with Adam as ``params.train`` says; after each epoch evaluate on ``test_images``
     and call ``on_epoch``.
 
-    ``plan`` defaults to :func:`plan_training` for one process. With ``checkpoint``, the
+    ``plan`` defaults to ``plan_training`` for one process. With ``checkpoint``, the
     state is saved after every epoch; ``resume`` (a state read back by
-    :meth:`.Checkpoint.load`) continues from it, bit for bit on the CPU: the result is the
+    ``Checkpoint.load``) continues from it, bit for bit on the CPU: the result is the
     same as a run that was never interrupted.
 
     With ``data.binarize: dynamic`` training images are re-drawn as Bernoulli pixels at
     every visit; the test images are used as given (binarized once beforehand, see
-    :func:`.data.load_test_images`). The model and both image sets move to the plan's
+    ``data.load_test_images``). The model and both image sets move to the plan's
     device for the run; the model ends on the CPU.
 
     Under a distributed plan (every process calls ``fit`` inside
-    :func:`.distributed.process_group`) only rank 0 evaluates, calls ``on_epoch`` and writes
+    ``distributed.process_group``) only rank 0 evaluates, calls ``on_epoch`` and writes
     the checkpoint; the other processes return an empty history."""
     started = time.perf_counter()
     t = params.train

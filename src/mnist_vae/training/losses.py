@@ -7,7 +7,7 @@ VAE defines it and numbers compare. ``loss="mse"`` is the original student
 project's squared error, summed over pixels of the decoded probabilities.
 
 ``loss`` names the kind of loss everywhere (``train.loss`` in params.yaml);
-:class:`LossParts` carries its value and its two parts from here to the metrics
+``LossParts`` carries its value and its two parts from here to the metrics
 tables and MLflow, under the names those use: ``loss``, ``recon``, ``kl``.
 """
 
@@ -27,7 +27,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 class LossParts(NamedTuple):
-    """The negative ELBO (``loss``) and its two parts: tensors from :func:`negative_elbo`,
+    """The negative ELBO (``loss``) and its two parts: tensors from ``negative_elbo``,
     floats once averaged over a data set (per image, in nats for ``bce``)."""
 
     loss: Any
