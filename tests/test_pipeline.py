@@ -903,7 +903,13 @@ def test_queued_experiments_run_side_by_side_into_one_store_then_apply(project):
     project, env, _ = project
     _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=2", cwd=project, env=env)
     _sh("dvc", "exp", "run", "--queue", "-S", "latent_dim=16", "-n", "wide", cwd=project, env=env)
-    _sh("dvc", "queue", "start", "-j", "2", cwd=project, env=env)  # in copies under .dvc/tmp
+    # in copies under .dvc/tmp. Its output goes to a file, not a pipe: the workers it starts
+    # live on as daemons and would hold a pipe open, so waiting for its end could hang.
+    log = project / ".dvc" / "tmp" / "queue-start.log"
+    with log.open("w") as out:
+        started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, timeout=120)  # fmt: skip
+    assert started.returncode == 0, log.read_text()
     deadline = time.monotonic() + 900
     try:
         while True:  # not too often: DVC may drop an experiment collected while polled (#8014)
