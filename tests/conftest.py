@@ -16,6 +16,15 @@ from mnist_vae import data
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n auto`` in pyproject's addopts), the workers share the cores:
+    each gives its own tensors its share of the threads (the processes the tests start
+    choose their own)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 def idx_bytes(array: torch.Tensor) -> bytes:
     """Encode a uint8 tensor as an IDX file (the format of the MNIST files)."""
     header = struct.pack(">HBB", 0, 0x08, array.dim()) + struct.pack(

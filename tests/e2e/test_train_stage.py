@@ -5,6 +5,7 @@ run it again, and get the weights of a run that was never interrupted, in the sa
 Under torchrun with two processes (DDP over gloo on the loopback) it trains one model in one
 MLflow run, as good as one process with the same effective batch, and resumes just as exactly.
 Another thread count trains the same bits; native CPU kernels land within the stated tolerance.
+And `dvc repro` runs the stage under torchrun when dvc.yaml's command says so.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 import mlflow
 import pytest
 import torch
@@ -27,7 +29,7 @@ from mnist_vae import CPU_KERNELS
 from mnist_vae.environment import NATIVE_SWITCH, PINNED, PINNED_KERNELS, SET_BY_PIN
 from mnist_vae.model.vae import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {
     "data": {"train_limit": 3000, "test_limit": 500},
     # nats comparable to before; one epoch of the lossy decoder (the default's five are the
@@ -235,3 +237,30 @@ def test_native_kernels_land_within_the_stated_tolerance(template, uninterrupted
     ours, theirs = _train_json(folder)["test_loss"], _train_json(uninterrupted)["test_loss"]
     print(f"test -ELBO: native scalar kernels {ours:.4f}, pinned {theirs:.4f}")
     assert abs(ours - theirs) <= TOLERANCE * abs(theirs)
+
+
+def test_dvc_repro_trains_on_two_processes_with_the_torchrun_command(tmp_path, mnist_mirror):
+    """The switch dvc.yaml's comment shows: the stage's command, recorded in dvc.lock."""
+    project, env = harness.small_project(tmp_path, mnist_mirror)
+    torchrun = "torchrun --standalone --nproc_per_node=2 stages/train.py"
+    pipeline = (project / "dvc.yaml").read_text()
+    assert f"#   cmd: {torchrun}" in pipeline  # the comment shows the exact command
+    (project / "dvc.yaml").write_text(
+        pipeline.replace("cmd: python stages/train.py", f"cmd: {torchrun}")
+    )
+    # training and what reads it
+    output = harness.sh("dvc", "repro", "evaluate", cwd=project, env=env)
+    assert sorted(harness.stages_run(output)) == ["classifier", "download", "evaluate", "train"]
+    assert "x 2 processes (gloo), effective batch 2 x 128" in output
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["train"]["cmd"] == torchrun
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-vae").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.processes"] == "2"
+    assert "eval.iwae_nll" in run.data.metrics  # the later stages found the run
+    assert [v.run_id for v in client.search_model_versions("name = 'mnist-vae'")] == [
+        run.info.run_id
+    ]
+    assert harness.stages_run(harness.sh("dvc", "repro", "evaluate", cwd=project, env=env)) == []
