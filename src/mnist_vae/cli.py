@@ -61,17 +61,18 @@ def resolve_model(spec: str, scratch: Path) -> Path:
 
 def read_image(path: Path, levels: int, shape: tuple[int, int]) -> np.ndarray:
     """One grey image as the codec's symbols (0..255, or 0/1 for a binary model)."""
-    try:
-        with Image.open(path) as image:
-            mode, size = image.mode, image.size
-            pixels = np.asarray(image)
-    except (OSError, UnidentifiedImageError) as error:
-        raise CodecError(f"{path}: cannot be read as an image ({type(error).__name__})") from None
     height, width = shape
-    if mode not in ("L", "1") or pixels.shape != (height, width):
-        raise CodecError(
-            f"{path}: expected a {width} x {height} grey image; found {mode} {size[0]} x {size[1]}"
-        )
+    try:
+        with Image.open(path) as image:  # reads the header only: mode and size come first
+            mode, size = image.mode, image.size
+            if mode not in ("L", "1") or size != (width, height):
+                raise CodecError(
+                    f"{path}: expected a {width} x {height} grey image; "
+                    f"found {mode} {size[0]} x {size[1]}"
+                )
+            pixels = np.asarray(image)  # the pixels of a 28 x 28 picture only
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise CodecError(f"{path}: cannot be read as an image ({type(error).__name__})") from None
     pixels = pixels.astype(np.uint8) * (255 if mode == "1" else 1)
     if levels == 2:
         if not np.isin(pixels, (0, 255)).all():

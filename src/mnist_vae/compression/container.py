@@ -15,7 +15,7 @@ The file format (all integers little-endian):
 | 38 | 4 | number of images |
 | 42 | 2, 2 | image height, width |
 | 46 | 2 | values per pixel (256: 8-bit grey; 2: binary) |
-| 48 | 2 | images per coding group (the largest; see ``lossless``) |
+| 48 | 2 | images per coding group (the largest; see ``lossless``): at most ``MAX_GROUP`` |
 | 50 | 1 | latent grid: ``LATENT_BITS`` (lossy: the rate level) |
 | 51 | 8 | first 8 bytes of the sha256 of the original pixels (lossy: of the codes) |
 | 59 | 4 x n | the ANS words (``uint32``) to the end of the file |
@@ -46,6 +46,10 @@ LOSSY_PRIOR = 2  # the quantized code under the prior N(0, I)
 MODES = {LOSSLESS: "lossless", LOSSY_MIXTURE: "lossy", LOSSY_PRIOR: "lossy (prior)"}
 LATENT_RANGE = 8  # the grid covers +-8 prior standard deviations
 BATCH = 100  # images per coding group (and network pass)
+# The most images a coding group may hold: a decoder works through a whole group (and holds
+# its frequency tables) before its first check of the words can fail, so a header's group
+# size bounds what a damaged or hostile file costs. The writers use 100 and 500.
+MAX_GROUP = 1000
 _HEADER = struct.Struct("<4sBB32sIHHHHB8s")
 HEADER_BYTES = _HEADER.size
 
@@ -95,6 +99,10 @@ class Header:
             raise CodecError("the file is truncated: its coder words are incomplete")
         if min(count, h, w, batch) < 1 or levels < 2:
             raise CodecError("the header is damaged: a size is zero")
+        if batch > MAX_GROUP:
+            raise CodecError(
+                f"the header is damaged: coding groups of {batch:,} images (at most {MAX_GROUP:,})"
+            )
         words = np.frombuffer(body, dtype="<u4").astype(np.uint32)
         return cls(model, count, h, w, levels, batch, bits, pixels, mode), words
 

@@ -66,6 +66,7 @@ from .container import (
     BATCH,
     LATENT_RANGE,
     LOSSLESS,
+    MAX_GROUP,
     MODES,
     Header,
     pixels_digest,
@@ -118,6 +119,8 @@ class BitsBackCodec:
         self.grey_step = (LEVELS - 1) // (self.levels - 1)  # a symbol's grey level per unit
         self.model_sha256 = model_sha256
         self.batch = batch or (BATCH if self.head is None else AUTOREGRESSIVE_BATCH)
+        if not 1 <= self.batch <= MAX_GROUP:
+            raise CodecError(f"coding groups of 1 to {MAX_GROUP:,} images; got {self.batch}")
         self.network = ExactNetwork(model)
         self.categorical = constriction.stream.model.Categorical(perfect=False)
         prior = gaussian_bins(
