@@ -1,0 +1,195 @@
+"""The served model under load: `mlflow models serve` of the champion on 127.0.0.1, then
+locust (headless, `bench/locustfile.py`) with N users at once for a fixed time each, every
+user sending one-digit ``compress``, ``decompress`` and ``reconstruct`` requests and
+64-latent ``decode`` requests in equal shares, with no pause. Prints, for each N, the
+requests per second, p50/p95/p99 latency per mode, the failures by cause, and the server's
+resident memory (all its workers) before and after (after a 10 s warm-up at the most
+users, not reported); then the targets at N = 16.
+
+    python bench/load.py                                  # 2 workers, N = 1, 4, 16, 64, 60 s
+    python bench/load.py --users 16 --seconds 20 --workers 1
+    python bench/load.py --url http://127.0.0.1:5000      # a server already running
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+from mnist_vae.data import load_test_images
+from mnist_vae.tracking import runs
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+TARGET_USERS = 16  # the issue's targets: no failure, p99 of compress, memory growth
+TARGET_P99_COMPRESS_MS = 250
+TARGET_RSS_GROWTH = 0.10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return json.loads(answer.read())
+
+
+def request_bodies(url: str, latent_dim: int) -> dict[str, dict]:
+    """The four requests, made from the first test digit (its stream from the server)."""
+    images, _ = load_test_images(Path("data/mnist"), 1)
+    digit = images[0, 0].numpy().round(4).tolist()
+    stream = post(url, {"inputs": [digit], "params": {"mode": "compress"}})["predictions"]
+    base64.b64decode(stream[0], validate=True)  # a stream, not an error
+    z = np.random.default_rng(0).standard_normal((64, latent_dim)).round(4).tolist()
+    return {
+        "compress": {"inputs": [digit], "params": {"mode": "compress"}},
+        "decompress": {"inputs": stream, "params": {"mode": "decompress"}},
+        "reconstruct": {"inputs": [digit], "params": {"mode": "reconstruct"}},
+        "decode": {"inputs": z, "params": {"mode": "decode"}},
+    }
+
+
+def server_rss(pid: int) -> int:
+    """Resident bytes of the server and every process under it (its workers)."""
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+
+
+def start_server(model: str, workers: int, threads: int | None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": runs.tracking_uri()}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = ["mlflow", "models", "serve", "-m", model, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]  # fmt: skip
+    print(" ".join(command), f"(OMP_NUM_THREADS={threads or 'unset'})", flush=True)
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while True:
+        if server.poll() is not None:
+            sys.exit(f"the server exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
+                return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit("the server did not answer /ping within 300 s")
+            time.sleep(0.5)
+
+
+def run_locust(
+    host: str, users: int, seconds: int, requests: Path, out: Path
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One locust run: its table per mode (requests, failures, percentiles, rate; the
+    ``Aggregated`` row: all modes) and its failures counted by cause."""
+    prefix = out / f"users{users}"
+    subprocess.run(
+        ["locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", str(users),
+         "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", "120", "--host", host,
+         "--csv", str(prefix)],
+        env={**os.environ, "MNIST_VAE_LOAD_REQUESTS": str(requests)},
+        check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    stats = pd.read_csv(f"{prefix}_stats.csv")
+    failures = pd.read_csv(f"{prefix}_failures.csv")
+    table = stats.rename(columns={"Name": "mode", "Request Count": "requests",
+                                  "Failure Count": "failures", "Requests/s": "req/s",
+                                  "50%": "p50 ms", "95%": "p95 ms", "99%": "p99 ms"})  # fmt: skip
+    table = table[["mode", "requests", "failures", "req/s", "p50 ms", "p95 ms", "p99 ms"]]
+    table["req/s"] = table["req/s"].round(1)
+    table.insert(0, "users", users)
+    causes = failures.groupby("Error")["Occurrences"].sum().to_dict() if len(failures) else {}
+    return table, causes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=f"models:/{runs.REGISTERED_MODEL}@champion")
+    parser.add_argument("--url", help="a server already running (then --model, --workers "
+                        "and the memory figures do not apply)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per worker (OMP_NUM_THREADS; 0: torch's default)",
+    )
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--seconds", type=int, default=60, help="per user count")
+    args = parser.parse_args()
+
+    server, host = (None, args.url.rstrip("/")) if args.url else start_server(
+        args.model, args.workers, args.threads or None
+    )  # fmt: skip
+    try:
+        encoded = post(f"{host}/invocations", {"inputs": [[[0.0] * 28] * 28],
+                                               "params": {"mode": "encode"}})  # fmt: skip
+        latent_dim = len(encoded["predictions"]["mean"][0])
+        with tempfile.TemporaryDirectory() as scratch:
+            requests = Path(scratch) / "requests.json"
+            requests.write_text(json.dumps(request_bodies(f"{host}/invocations", latent_dim)))
+            # warm-up, not reported: every worker's allocator and caches at the most users
+            run_locust(host, max(args.users), 10, requests, Path(scratch))
+            tables, memory = [], []
+            for users in args.users:
+                before = server_rss(server.pid) if server else None
+                table, causes = run_locust(host, users, args.seconds, requests, Path(scratch))
+                after = server_rss(server.pid) if server else None
+                tables.append(table)
+                memory.append((users, before, after, causes))
+                print(table.to_string(index=False), flush=True)
+                if causes:
+                    print("  failures:", causes, flush=True)
+                if server:
+                    print(f"  server RSS {before / 2**20:.0f} MiB before, "
+                          f"{after / 2**20:.0f} MiB after", flush=True)  # fmt: skip
+        report(pd.concat(tables), memory)
+    finally:
+        if server:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
+def report(table: pd.DataFrame, memory: list) -> None:
+    print(f"\n{table.to_string(index=False)}")
+    if TARGET_USERS not in set(table["users"]):
+        return
+    at = table[table["users"] == TARGET_USERS].set_index("mode")
+    failed = int(at["failures"].sum())
+    print(f"\nat {TARGET_USERS} users: {failed} failures (target 0): "
+          f"{'ok' if failed == 0 else 'MISSED'}")  # fmt: skip
+    p99 = float(at.loc["compress", "p99 ms"])
+    print(
+        f"at {TARGET_USERS} users: p99 of compress {p99:.0f} ms (target <= "
+        f"{TARGET_P99_COMPRESS_MS}): {'ok' if p99 <= TARGET_P99_COMPRESS_MS else 'MISSED'}"
+    )
+    for users, before, after, _ in memory:
+        if users == TARGET_USERS and before:
+            growth = after / before - 1
+            print(f"at {TARGET_USERS} users: server RSS grew {100 * growth:.1f}% (target <= "
+                  f"{100 * TARGET_RSS_GROWTH:.0f}%): "
+                  f"{'ok' if growth <= TARGET_RSS_GROWTH else 'MISSED'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

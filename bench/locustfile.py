@@ -1,0 +1,42 @@
+"""The users `bench/load.py` starts with locust: each sends, with no pause, one of four
+requests to the served model, in equal shares: a one-digit ``compress``, a one-digit
+``decompress`` (of that digit's stream), a one-digit ``reconstruct`` and a ``decode`` of 64
+latent vectors. The requests' bodies come from the JSON file named by
+``MNIST_VAE_LOAD_REQUESTS`` (load.py writes it from the test set).
+
+    locust -f bench/locustfile.py --headless -u 16 -r 16 -t 60s --host http://127.0.0.1:5000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from locust import FastHttpUser, constant, task
+
+with open(os.environ["MNIST_VAE_LOAD_REQUESTS"]) as file:
+    BODIES = {mode: json.dumps(body) for mode, body in json.load(file).items()}
+HEADERS = {"Content-Type": "application/json"}
+
+
+class Client(FastHttpUser):
+    wait_time = constant(0)
+
+    def _send(self, mode: str) -> None:
+        self.client.post("/invocations", data=BODIES[mode], headers=HEADERS, name=mode)
+
+    @task
+    def compress(self) -> None:
+        self._send("compress")
+
+    @task
+    def decompress(self) -> None:
+        self._send("decompress")
+
+    @task
+    def reconstruct(self) -> None:
+        self._send("reconstruct")
+
+    @task
+    def decode(self) -> None:
+        self._send("decode")
