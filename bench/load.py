@@ -18,17 +18,15 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psutil
+import serving  # bench/serving.py: the server's start, a POST
 
 from mnist_vae.data import load_test_images
 from mnist_vae.tracking import runs
@@ -39,18 +37,11 @@ TARGET_P99_COMPRESS_MS = 250
 TARGET_RSS_GROWTH = 0.10
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=120) as answer:
-        return json.loads(answer.read())
+    status, answer = serving.post(url, body)
+    if status != 200:
+        sys.exit(f"the server answered {status}: {answer[:300]!r}")
+    return json.loads(answer)
 
 
 def request_bodies(url: str, latent_dim: int) -> dict[str, dict]:
@@ -72,29 +63,6 @@ def server_rss(pid: int) -> int:
     """Resident bytes of the server and every process under it (its workers)."""
     root = psutil.Process(pid)
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-
-
-def start_server(model: str, workers: int, threads: int | None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": runs.tracking_uri()}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    command = ["mlflow", "models", "serve", "-m", model, "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]  # fmt: skip
-    print(" ".join(command), f"(OMP_NUM_THREADS={threads or 'unset'})", flush=True)
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while True:
-        if server.poll() is not None:
-            sys.exit(f"the server exited with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
-                return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline:
-                sys.exit("the server did not answer /ping within 300 s")
-            time.sleep(0.5)
 
 
 def run_locust(
@@ -138,7 +106,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60, help="per user count")
     args = parser.parse_args()
 
-    server, host = (None, args.url.rstrip("/")) if args.url else start_server(
+    server, host = (None, args.url.rstrip("/")) if args.url else serving.start_server(
         args.model, args.workers, args.threads or None
     )  # fmt: skip
     try:

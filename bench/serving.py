@@ -19,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 
-import mlflow
 import numpy as np
 
 from mnist_vae.tracking import runs
@@ -42,6 +41,34 @@ def post(url: str, payload: dict) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+def start_server(
+    model: str, workers: int = 1, threads: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``mlflow models serve`` of ``model`` on 127.0.0.1 (from this project's store), its own
+    process group, once it answers ``/ping``: the process and its base URL. ``threads``
+    sets ``OMP_NUM_THREADS`` for its workers."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": runs.tracking_uri()}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = ["mlflow", "models", "serve", "-m", model, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]  # fmt: skip
+    print(" ".join(command), f"(OMP_NUM_THREADS={threads or 'unset'})", flush=True)
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while True:
+        if server.poll() is not None:
+            sys.exit(f"the server exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
+                return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit("the server did not answer /ping within 300 s")
+            time.sleep(0.25)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=f"models:/{runs.REGISTERED_MODEL}/latest")
@@ -49,27 +76,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="latent vectors per request")
     args = parser.parse_args()
 
-    mlflow.set_tracking_uri(runs.tracking_uri())
-    env = {**os.environ, "MLFLOW_TRACKING_URI": runs.tracking_uri()}
-    port = free_port()
-    command = ["mlflow", "models", "serve", "-m", args.model, "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    print(" ".join(command), flush=True)
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    started = time.perf_counter()
+    server, host = start_server(args.model)
     try:
-        started = time.perf_counter()
-        while True:
-            if server.poll() is not None:
-                sys.exit(f"the server exited with code {server.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
-                    break
-            except OSError:
-                time.sleep(0.25)
         print(f"server ready in {time.perf_counter() - started:.1f} s", flush=True)
-
-        url = f"http://127.0.0.1:{port}/invocations"
+        url = f"{host}/invocations"
         probe = json.loads(post(url, {"inputs": [], "params": {"mode": "sample", "n": 1}})[1])
         assert np.array(probe["predictions"]).shape == (1, 28, 28), probe
         # the latent size from the server itself: a model logged by older code need not
