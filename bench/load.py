@@ -124,7 +124,7 @@ def main() -> None:
                 table, causes = run_locust(host, users, args.seconds, requests, Path(scratch))
                 after = server_rss(server.pid) if server else None
                 tables.append(table)
-                memory.append((users, before, after, causes))
+                memory.append((users, before, after))
                 print(table.to_string(index=False), flush=True)
                 if causes:
                     print("  failures:", causes, flush=True)
@@ -138,7 +138,7 @@ def main() -> None:
             server.wait(timeout=60)
 
 
-def report(table: pd.DataFrame, memory: list) -> None:
+def report(table: pd.DataFrame, memory: list[tuple[int, int | None, int | None]]) -> None:
     print(f"\n{table.to_string(index=False)}")
     if TARGET_USERS not in set(table["users"]):
         return
@@ -151,7 +151,7 @@ def report(table: pd.DataFrame, memory: list) -> None:
         f"at {TARGET_USERS} users: p99 of compress {p99:.0f} ms (target <= "
         f"{TARGET_P99_COMPRESS_MS}): {'ok' if p99 <= TARGET_P99_COMPRESS_MS else 'MISSED'}"
     )
-    for users, before, after, _ in memory:
+    for users, before, after in memory:
         if users == TARGET_USERS and before:
             growth = after / before - 1
             print(f"at {TARGET_USERS} users: server RSS grew {100 * growth:.1f}% (target <= "

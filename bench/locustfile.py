@@ -11,32 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 from locust import FastHttpUser, constant, task
 
 with open(os.environ["MNIST_VAE_LOAD_REQUESTS"]) as file:
     BODIES = {mode: json.dumps(body) for mode, body in json.load(file).items()}
+MODES = sorted(BODIES)
 HEADERS = {"Content-Type": "application/json"}
 
 
 class Client(FastHttpUser):
     wait_time = constant(0)
 
-    def _send(self, mode: str) -> None:
+    @task
+    def send(self) -> None:
+        mode = random.choice(MODES)  # equal shares
         self.client.post("/invocations", data=BODIES[mode], headers=HEADERS, name=mode)
-
-    @task
-    def compress(self) -> None:
-        self._send("compress")
-
-    @task
-    def decompress(self) -> None:
-        self._send("decompress")
-
-    @task
-    def reconstruct(self) -> None:
-        self._send("reconstruct")
-
-    @task
-    def decode(self) -> None:
-        self._send("decode")

@@ -17,12 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (``-n auto`` in pyproject's addopts), the workers share the cores:
-    each gives its own tensors its share of the threads (the processes the tests start
-    choose their own)."""
+    """Under pytest-xdist (``-n auto`` in pyproject's addopts) the workers share the cores,
+    so each takes its share of the threads: for its own tensors, and through
+    ``OMP_NUM_THREADS`` for the processes its tests start (two threads per worker on two
+    cores cost twice the CPU for the same work). Outputs do not depend on it: the kernels
+    are pinned (docs/reproducibility.md). Nothing where the environment sets the count."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 def idx_bytes(array: torch.Tensor) -> bytes:

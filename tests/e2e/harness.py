@@ -52,17 +52,6 @@ STAGES = {
 DATA_ONLY = {"download", "classifier", "baselines", "learned_baselines"}  # retraining skips them
 
 
-def thread_share() -> dict[str, str]:
-    """Under pytest-xdist the workers share the cores, so the processes a test starts take
-    their share of the threads (two threads per worker on two cores cost twice the CPU);
-    the outputs do not depend on it (the kernels are pinned, docs/reproducibility.md).
-    Nothing outside xdist, or where the caller's environment sets the count."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers < 2 or "OMP_NUM_THREADS" in os.environ:
-        return {}
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
-
-
 def sh(*args: str, cwd: Path, env: dict[str, str]) -> str:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
@@ -113,7 +102,6 @@ def small_project(folder: Path, mnist_mirror: Path) -> tuple[Path, dict[str, str
         # sample CPU and memory every second: the small slice trains for a few seconds only
         MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
     )
-    env.update(thread_share())
     git = ("git", "-c", "init.defaultBranch=main")
     sh(*git, "init", "-q", cwd=project, env=env)
     sh(*git, "add", "-A", cwd=project, env=env)

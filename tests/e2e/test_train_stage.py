@@ -68,7 +68,7 @@ def _finish(process: subprocess.Popen) -> str:
 @pytest.fixture(scope="module")
 def env(mnist_mirror) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    return {**clean, "MNIST_MIRROR": str(mnist_mirror), **harness.thread_share()}
+    return {**clean, "MNIST_MIRROR": str(mnist_mirror)}
 
 
 @pytest.fixture(scope="module")
