@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from mnist_vae import files
 from mnist_vae.compression.lossless import no_codec_reason, round_trip
 from mnist_vae.data import load_test_images, to_symbols
 from mnist_vae.model.folder import WEIGHTS_FILE
@@ -54,7 +55,7 @@ def main() -> None:
     symbols = to_symbols(images, likelihood(loss).levels).numpy()
     print(f"compress: {len(symbols)} test images, bits-back ANS", flush=True)
     trip = round_trip(MODEL_DIR, symbols)
-    (OUT / "test.mvae").write_bytes(trip.data)
+    files.write_bytes(OUT / "test.mvae", trip.data)
     evaluation = json.loads(EVALUATION.read_text())
     metrics = trip.metrics(evaluation["bits_per_pixel"], evaluation["iwae_bits_per_pixel"])
     metrics["best_baseline_bits_per_pixel"] = float(table["bits_per_pixel"].min())

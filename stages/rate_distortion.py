@@ -18,6 +18,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from mnist_vae import files
 from mnist_vae.compression import rate_distortion as rd
 from mnist_vae.compression.lossy import LossyCodec
 from mnist_vae.data import load_images, load_test_images, to_symbols
@@ -61,7 +62,7 @@ def main() -> None:
     rd.picture_at_equal_bytes(
         codec, images, params.lossy.rate, baselines, learned, LEARNED, OUT / "equal_bytes.png"
     )
-    (OUT / "test-lossy.mvae").write_bytes(codec.compress(images, params.lossy.rate))
+    files.write_bytes(OUT / "test-lossy.mvae", codec.compress(images, params.lossy.rate))
     write_metrics(METRICS, metrics)
 
     with runs.model_run(MODEL_DIR / WEIGHTS_FILE):

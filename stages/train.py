@@ -62,6 +62,9 @@ def main() -> None:
         ) as mlflow_run,
     ):  # fmt: skip
         checkpoint.run_id = mlflow_run.run_id
+        if resume and (missed := mlflow_run.log_missing_epochs(resume["history"])):
+            print(f"train: logged epochs {missed} that the MLflow server missed before the "
+                  f"interruption to run {mlflow_run.run_id}", flush=True)  # fmt: skip
         config = VAEConfig(params.latent_dim, params.model.arch, likelihood=params.train.loss,
                            sampler_components=params.model.sampler_components,
                            decoder=params.model.decoder)  # fmt: skip

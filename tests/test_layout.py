@@ -11,7 +11,7 @@ import pytest
 from test_dvc_deps import PACKAGE_DIR, _dotted, package_imports
 
 LAYERS = [
-    {"__init__", "errors", "params", "environment", "progress", "stage", "images"},
+    {"__init__", "errors", "files", "params", "environment", "progress", "stage", "images"},
     {"data"},
     {"model"},
     {"training"},

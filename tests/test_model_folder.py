@@ -32,6 +32,17 @@ def test_round_trip(tmp_path):
     assert torch.equal(loaded["weight"], state["weight"])
 
 
+def test_the_weights_file_keeps_its_bytes_through_the_atomic_write(tmp_path):
+    """Written through a staging folder, model.pt holds what ``torch.save`` writes to a file
+    of that name (the archive inside is named after the file): every model folder written
+    before keeps its hash, and so does dvc.lock."""
+    model = build_model(VAEConfig(latent_dim=2))
+    save_model(model, tmp_path / "model")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    assert (tmp_path / "model" / "model.pt").read_bytes() == (tmp_path / "model.pt").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.pt"]  # no staging
+
+
 def test_weights_are_never_unpickled(tmp_path):
     save_model_folder(tmp_path, _Config(), {"weight": torch.zeros(1)})
     torch.save({"weight": _Payload()}, tmp_path / WEIGHTS_FILE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import time
 
 import mlflow
@@ -171,3 +172,50 @@ def test_off_rank_zero_a_training_run_is_a_no_op(store):
         assert run.run_id is None
         run.log_epoch(None)  # nothing to log, nothing raised
     assert mlflow.active_run() is None
+
+
+def _history(epochs: range) -> list[dict[str, float]]:
+    from mnist_vae.training.loop import EpochMetrics
+    from mnist_vae.training.losses import LossParts
+
+    parts = lambda e: LossParts(100.0 / e, 90.0 / e, 10.0 / e)  # noqa: E731
+    return [EpochMetrics(e, parts(e), parts(e + 1)).as_dict() for e in epochs]
+
+
+def test_a_resumed_run_gets_the_epochs_it_missed_and_none_twice(store):
+    """The epoch whose logging found the server down is in the checkpoint's history: the
+    resumed training logs it, and only it."""
+    rows = _history(range(1, 4))
+    with mlflow.start_run() as run:
+        for row in rows[:1]:  # the server took epoch 1, then went away
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    with mlflow.start_run(run_id=run.info.run_id):
+        assert runs.TrainingRun(run.info.run_id).log_missing_epochs(rows) == [2, 3]
+        assert runs.TrainingRun(run.info.run_id).log_missing_epochs(rows) == []
+    client = mlflow.MlflowClient()
+    for key in ("train_loss", "test_kl"):
+        logged = client.get_metric_history(run.info.run_id, key)
+        assert [(m.step, m.value) for m in logged] == [(r["epoch"], r[key]) for r in rows]
+
+
+def test_a_server_that_stays_down_is_one_line_naming_it_and_the_retry_settings(monkeypatch):
+    """MLflow's own exception after its retries, made from a refused connection."""
+    from mnist_vae.errors import tracking_access_error, tracking_unreachable_error
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(url)
+    try:
+        with pytest.raises(mlflow.exceptions.MlflowException) as raised:
+            mlflow.MlflowClient().get_experiment_by_name("mnist-vae")
+        error = tracking_unreachable_error(raised.value)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert tracking_access_error(raised.value) is None
+    assert str(error).startswith(f"{url} did not answer through MLflow's retries (")
+    assert "Connection refused" in str(error) and "\n" not in str(error)
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in str(error)
+    assert tracking_unreachable_error(ValueError("not MLflow's")) is None

@@ -22,8 +22,6 @@ are written beside their destination and renamed into place when complete.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import tempfile
 from functools import partial
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from . import files
 from .errors import USER_ERRORS, CodecError
 from .params import MAX_RATE, LossyParams
 
@@ -108,9 +107,7 @@ def compress(
         shape = codec.model.image_shape[1:]
         images = np.stack([read_image(path, levels, shape) for path in inputs])
         data = encode(images)
-    unfinished = output.with_name(f".{output.name}.partial")
-    unfinished.write_bytes(data)
-    os.replace(unfinished, output)
+    files.write_bytes(output, data)
     bits = 8 * len(data) / images.size
     mode = "lossless" if rate is None else f"lossy, rate {rate}"
     return (
@@ -138,16 +135,9 @@ def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
         else:
             codec = BitsBackCodec.from_folder(folder)
             images, scale = codec.decompress(data), 255 if codec.levels == 2 else 1
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
+    with files.replaced_folder(output) as staging:
         for i, image in enumerate(images):
             Image.fromarray(image * np.uint8(scale)).save(staging / f"{i:05d}.png")
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return f"{stream} -> {len(images)} images in {output}/"
 
 

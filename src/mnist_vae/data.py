@@ -14,8 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from . import files
 from .errors import DownloadError
 from .params import BINARIZATIONS
 from .progress import progress_bar
@@ -108,9 +107,7 @@ def download_mnist(
     """Fetch and verify the four MNIST files into ``dest`` (decompressed IDX), atomically."""
     dest = Path(dest)
     sources = list(sources) if sources is not None else default_sources()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+    with files.replaced_folder(dest) as staging:
         for name in MNIST_SHA256:
             failures = []
             for source in sources:
@@ -129,11 +126,6 @@ def download_mnist(
                     + f"\nSet {MIRROR_ENV} to a mirror URL or to a local folder holding the four "
                     f"MNIST .gz files, e.g. {MIRROR_ENV}=../shared/data/mnist dvc repro"
                 )
-        if dest.exists():
-            shutil.rmtree(dest)
-        staging.rename(dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 

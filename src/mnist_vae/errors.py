@@ -5,8 +5,10 @@ on stderr) can catch them all without importing the training loop, the data load
 torch itself.
 """
 
+import errno
 import os
 import re
+from pathlib import Path
 
 
 class ParamsError(ValueError):
@@ -39,6 +41,25 @@ class TrackingAccessError(PermissionError):
     (HTTP 403); made from MLflow's exception by ``tracking_access_error``."""
 
 
+class TrackingUnreachable(ConnectionError):
+    """The MLflow server did not answer, or answered only with server errors, through all of
+    MLflow's retries; made from MLflow's exception by ``tracking_unreachable_error``."""
+
+
+class WriteError(OSError):
+    """An output the system refused to write (a full disk, a quota, no permission); the
+    destination is left as it was (``files``)."""
+
+    @classmethod
+    def of(cls, dest: Path, error: OSError) -> "WriteError":
+        reason = error.strerror or str(error)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            advice = "free some space on its disk (or write elsewhere) and run again"
+        else:
+            advice = "check the folder's permissions and run again"
+        return cls(f"cannot write {dest} ({reason}); it is left as it was: {advice}")
+
+
 def tracking_access_error(error: BaseException) -> TrackingAccessError | None:
     """The user's version of an MLflow client error that is about access, else None.
 
@@ -63,6 +84,32 @@ def tracking_access_error(error: BaseException) -> TrackingAccessError | None:
     )
 
 
+RETRY_SETTINGS = "MLFLOW_HTTP_REQUEST_MAX_RETRIES and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+
+
+def tracking_unreachable_error(error: BaseException) -> TrackingUnreachable | None:
+    """The user's version of an MLflow client error that says the server is down, else None.
+
+    MLflow retries a refused connection or a 5xx answer with a growing wait (7 times over
+    about 4 minutes by default) and then raises its own exception from the ``requests``
+    one; this finds that cause (duck-typed, like ``tracking_access_error``)."""
+    chain = []
+    cause = error.__cause__ or error.__context__
+    while cause is not None and len(chain) < 20:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    from_http = any(type(c).__module__.startswith(("requests", "urllib3")) for c in chain)
+    if not from_http or not hasattr(error, "get_http_status_code"):
+        return None
+    server = os.environ.get("MLFLOW_TRACKING_URI", "the MLflow server")
+    reason = str(chain[-1]).strip().splitlines()[0]  # the root: refused, timed out, 5xx
+    return TrackingUnreachable(
+        f"{server} did not answer through MLflow's retries ({reason}); run again once it "
+        f"answers (a training resumes from its last epoch into the same MLflow run). "
+        f"{RETRY_SETTINGS} set how long a call waits"
+    )
+
+
 USER_ERRORS = (
     ParamsError,
     DownloadError,
@@ -71,6 +118,8 @@ USER_ERRORS = (
     DistributedError,
     CodecError,
     TrackingAccessError,
+    TrackingUnreachable,
+    WriteError,
     FileNotFoundError,
 )
 """Errors whose message tells the user what to do; a traceback would only hide it."""

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import USER_ERRORS, tracking_access_error
+from . import files
+from .errors import USER_ERRORS, tracking_access_error, tracking_unreachable_error
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -18,17 +19,18 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run(main: Callable[[], object], name: str) -> None:
-    """Run a stage's ``main``: a user error, or an MLflow server refusing the credentials or
-    the account (HTTP 401/403), ends it with one line on stderr and exit status 1."""
+    """Run a stage's ``main``: a user error, an MLflow server refusing the credentials or
+    the account (HTTP 401/403), or one that stayed down through MLflow's retries, ends it
+    with one line on stderr and exit status 1."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except USER_ERRORS as exc:
         _fail(name, exc)
     except Exception as exc:
-        if (access := tracking_access_error(exc)) is None:
+        if (known := tracking_access_error(exc) or tracking_unreachable_error(exc)) is None:
             raise
-        _fail(name, access)
+        _fail(name, known)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -41,7 +43,4 @@ def _fail(name: str, error: BaseException) -> None:
 
 def write_metrics(path: str | Path, values: dict[str, Any]) -> Path:
     """A metrics file for ``dvc metrics``: indented JSON, one key per line."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=2) + "\n")
-    return path
+    return files.write_text(path, json.dumps(values, indent=2) + "\n")

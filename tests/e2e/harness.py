@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -142,12 +143,59 @@ def server(command: list[str], ready_url: str, cwd: Path, env: dict[str, str]):
             time.sleep(0.5)
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process.poll() is None:  # a test may have killed it already
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a server started by ``server`` and its workers, as a crash would."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+class Watched:
+    """A command whose output (stdout and stderr together) is read as it comes, so that a
+    test can act when a line appears, e.g. take a server away after the first epoch."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]):
+        self.process = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._arrived = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            with self._arrived:
+                self.lines.append(line)
+                self._arrived.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> str:
+        """The first line matching ``pattern`` (a regular expression), waiting for it."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                if found := next((x for x in self.lines if re.search(pattern, x)), None):
+                    return found
+                assert self.process.poll() is None or self._reader.is_alive(), (
+                    f"{pattern!r} never came:\n{''.join(self.lines)}"
+                )
+                assert time.monotonic() < deadline, f"no {pattern!r} in:\n{''.join(self.lines)}"
+                self._arrived.wait(1)
+
+    def finish(self, timeout: float = 600) -> tuple[int, str]:
+        """Wait for the command to end: its exit status and its whole output."""
+        status = self.process.wait(timeout)
+        self._reader.join(timeout=30)
+        return status, "".join(self.lines)
 
 
 def file_hashes(root: Path, folders: list[str]) -> dict[str, str]:

@@ -1,16 +1,24 @@
 """End to end against a shared MLflow server on PostgreSQL with basic-auth accounts (the
 setup of docs/scaling-out.md, which .ci/run starts): the pipeline records to it as the
 trainer, the viewer reads and is refused every write, a wrong password stops every stage
-with one line, and no password leaks anywhere.
+with one line, and no password leaks anywhere. Then the server, or its database, goes away
+under a training and comes back.
+
+The tests that take PostgreSQL down live here, in the one module that uses the shared
+server: under ``--dist loadfile`` no other test talks to it meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -32,6 +40,7 @@ TRACKING_SERVER_ENV = "MNIST_VAE_TRACKING_SERVER"  # a shared MLflow server (.ci
 TRACKING_DB_ENV = "MNIST_VAE_TRACKING_DB"  # its PostgreSQL database, to look behind the API
 # its accounts (basic-auth): a JSON file {username: {"role": trainer|viewer, "password": ...}}
 TRACKING_ACCOUNTS_ENV = "MNIST_VAE_TRACKING_ACCOUNTS"
+PG_CTL_ENV = "MNIST_VAE_TRACKING_PG_CTL"  # pg_ctl on its PostgreSQL cluster, to restart it
 MLFLOW_STAGES = ["train", "generate", "compare", "evaluate", "compress", "rate_distortion"]  # log
 
 pytestmark = pytest.mark.slow
@@ -65,14 +74,19 @@ def accounts(tracking_server) -> dict[str, tuple[str, str]]:
     return {a["role"]: (name, a["password"]) for name, a in found.items()}
 
 
+def _as(account: tuple[str, str], server: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` recording to ``server`` as ``account`` (username, password)."""
+    username, password = account
+    return {**env, "MLFLOW_TRACKING_URI": server,
+            "MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def shared_run(tracking_server, accounts, tmp_path_factory, mnist_mirror):
     """The small-slice `dvc repro` as the trainer against the shared server:
     ``(project, env, output)`` with the trainer's credentials in ``env``."""
     project, env = harness.small_project(tmp_path_factory.mktemp("shared"), mnist_mirror)
-    username, password = accounts["trainer"]
-    env = {**env, "MLFLOW_TRACKING_URI": tracking_server,
-           "MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}  # fmt: skip
+    env = _as(accounts["trainer"], tracking_server, env)
     # what the server sees of a run: training, its pictures, its evaluation and promotion
     output = harness.sh("dvc", "repro", "evaluate", "generate", "compare", cwd=project, env=env)
     return project, env, output
@@ -305,8 +319,7 @@ def test_a_wrong_password_stops_every_stage_with_one_line_and_writes_nothing(sha
         assert _data_snapshot(project) == before, f"{stage} wrote outputs"
     # the viewer may not train: refused at the run's creation, before any epoch
     viewer = accounts["viewer"]
-    as_viewer = {**env, "MLFLOW_TRACKING_USERNAME": viewer[0]}
-    as_viewer["MLFLOW_TRACKING_PASSWORD"] = viewer[1]
+    as_viewer = _as(viewer, env["MLFLOW_TRACKING_URI"], env)
     assert repr(viewer[0]) in _refused_stage("train", project, as_viewer, 403)
     assert _data_snapshot(project) == before
 
@@ -331,3 +344,167 @@ def test_credentials_appear_nowhere_they_could_leak(tracking_server, shared_run,
     for where, text in texts.items():
         assert not [secret for secret in secrets if secret in text], f"a password in {where}"
     assert "MLFLOW_TRACKING_PASSWORD" not in recorded
+
+
+# -- The tracking server taken away under a training ------------------------------------
+# A training against a server that goes away keeps going: MLflow's client retries every
+# call, waiting 0, 4, 8, 16, ... s between tries (MLFLOW_HTTP_REQUEST_MAX_RETRIES = 7,
+# _BACKOFF_FACTOR = 2 by default: about 4 minutes), so an outage shorter than that costs
+# the training only the wait. A longer one stops the stage with one line; the checkpoint
+# holds the epoch the server missed, and the next `dvc repro` resumes into the same run and
+# logs it there.
+
+FAULT_EPOCHS = 4
+FAULT_SLICE = {"data": {"train_limit": 2048}, "train": {"epochs": FAULT_EPOCHS}}  # 2 s an epoch
+OUTAGE_SECONDS = 5
+EPOCH_KEYS = [f"{split}_{part}" for split in ("train", "test") for part in ("loss", "recon", "kl")]
+
+
+@pytest.fixture(scope="module")
+def tracking_db(tracking_server) -> str:
+    """The shared server's PostgreSQL database, as a SQLAlchemy URI."""
+    uri = os.environ.get(TRACKING_DB_ENV)
+    if not uri:
+        reason = f"no database of the shared server: set {TRACKING_DB_ENV} (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return uri
+
+
+def _fault_project(folder: Path, mnist_mirror: Path) -> tuple[Path, dict[str, str]]:
+    """A small project, MNIST downloaded, whose training lasts a few epochs of 2 s."""
+    project, env = harness.small_project(folder, mnist_mirror)
+    harness.edit_params(project, FAULT_SLICE)
+    harness.sh("git", "commit", "-qam", "a few epochs", cwd=project, env=env)
+    harness.sh("dvc", "repro", "download", cwd=project, env=env)
+    return project, env
+
+
+def _second_server(tracking_db: str, folder: Path) -> tuple[list[str], str]:
+    """The command of another MLflow server on the shared server's database (one whose
+    process this test may kill without disturbing the others), and its URL."""
+    port = harness.free_port()
+    command = ["mlflow", "server", "--backend-store-uri", tracking_db,
+               "--artifacts-destination", str(folder / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    return command, f"http://127.0.0.1:{port}"
+
+
+def _recorded_epochs(server: str, project: Path, env: dict[str, str], auth) -> dict[str, list]:
+    """``{run id: [(epoch, ...) per logged train_loss step]}`` of the project's training runs
+    (found by its commit), with every epoch metric's steps checked to agree."""
+    api = f"{server}/api/2.0/mlflow"
+    experiment = harness.get(f"{api}/experiments/get-by-name?experiment_name=mnist-vae", auth)
+    commit = harness.sh("git", "rev-parse", "HEAD", cwd=project, env=env).strip()
+    status, found = harness.post(f"{api}/runs/search", {
+        "experiment_ids": [experiment["experiment"]["experiment_id"]],
+        "filter": f"tags.`{runs.GIT_COMMIT_TAG}` = '{commit}'",
+    }, auth)  # fmt: skip
+    assert status == 200, found
+    epochs = {}
+    for run in found.get("runs", []):
+        run_id = run["info"]["run_id"]
+        steps = {
+            key: sorted(m["step"] for m in harness.get(
+                f"{api}/metrics/get-history?run_id={run_id}&metric_key={key}", auth)["metrics"])
+            for key in EPOCH_KEYS
+        }  # fmt: skip
+        assert all(s == steps["train_loss"] for s in steps.values()), steps
+        epochs[run_id] = steps["train_loss"]
+    return epochs
+
+
+def _train_through(outage, project: Path, env: dict[str, str]) -> tuple[int, str]:
+    """`dvc repro train`, calling ``outage()`` once the first epoch has ended."""
+    training = harness.Watched(["dvc", "repro", "train"], project, env)
+    training.wait_for(rf"epoch 1/{FAULT_EPOCHS}: train")
+    outage()
+    return training.finish()
+
+
+def _retried(output: str) -> bool:
+    """The training says so when an epoch's metrics had to wait for the server."""
+    return bool(re.search(r"metrics reached the MLflow server after \d+ s of retries", output))
+
+
+def test_a_training_waits_through_a_restart_of_the_mlflow_server(
+    tracking_db, tmp_path, mnist_mirror
+):
+    """The server is killed (SIGKILL, like a crash) after epoch 1 and started again 5 s
+    later: the training waits in MLflow's retries and ends with every epoch once in its
+    one run."""
+    project, env = _fault_project(tmp_path, mnist_mirror)
+    command, url = _second_server(tracking_db, tmp_path)
+    env = {**env, "MLFLOW_TRACKING_URI": url}
+    with harness.server(command, f"{url}/health", tmp_path, env) as first:
+
+        def crash_and_restart():
+            harness.kill_group(first)
+            time.sleep(OUTAGE_SECONDS)
+            stack.enter_context(harness.server(command, f"{url}/health", tmp_path, env))
+
+        with contextlib.ExitStack() as stack:
+            status, output = _train_through(crash_and_restart, project, env)
+            epochs = _recorded_epochs(url, project, env, None)
+    print("runs and their epochs after the restart:", epochs)
+    assert status == 0, output
+    assert _retried(output), "the training never met the outage"
+    assert list(epochs.values()) == [list(range(1, FAULT_EPOCHS + 1))], epochs
+
+
+def test_a_training_waits_through_a_restart_of_postgresql(
+    tracking_server, accounts, tmp_path, mnist_mirror
+):
+    """The shared server's PostgreSQL is stopped after epoch 1 and started 5 s later (the
+    server answers HTTP 500 meanwhile): the training ends with every epoch once in its run."""
+    pg_ctl = os.environ.get(PG_CTL_ENV)
+    if not pg_ctl:
+        reason = f"no pg_ctl for the shared server's PostgreSQL: set {PG_CTL_ENV} (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    project, env = _fault_project(tmp_path, mnist_mirror)
+    env = _as(accounts["trainer"], tracking_server, env)
+
+    def restart_postgresql():
+        subprocess.run([*shlex.split(pg_ctl), "-m", "fast", "-w", "stop"], check=True, timeout=60)
+        try:
+            time.sleep(OUTAGE_SECONDS)
+        finally:
+            subprocess.run([*shlex.split(pg_ctl), "-w", "start"], check=True, timeout=60)
+
+    status, output = _train_through(restart_postgresql, project, env)
+    epochs = _recorded_epochs(tracking_server, project, env, accounts["viewer"])
+    print("runs and their epochs after the restart:", epochs)
+    assert status == 0, output
+    assert _retried(output), "the training never met the outage"
+    assert list(epochs.values()) == [list(range(1, FAULT_EPOCHS + 1))], epochs
+
+
+def test_an_outage_past_the_retries_stops_with_one_line_and_the_next_repro_resumes(
+    tracking_db, tmp_path, mnist_mirror
+):
+    """With MLflow's retries cut to about 3 s, a server down for longer stops the training
+    with one line and its checkpoint kept; once the server is back, `dvc repro` resumes into
+    the same run, logs the epoch the server missed, and no epoch twice."""
+    project, env = _fault_project(tmp_path, mnist_mirror)
+    command, url = _second_server(tracking_db, tmp_path)
+    env = {**env, "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+    env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    with harness.server(command, f"{url}/health", tmp_path, env) as first:
+        status, output = _train_through(lambda: harness.kill_group(first), project, env)
+    errors = [line for line in output.splitlines() if line.startswith("train: error:")]
+    print(errors)
+    assert status != 0 and "Traceback" not in output, output
+    assert len(errors) == 1 and url in errors[0] and "resumes" in errors[0], output
+    assert (project / "data/checkpoints/train.pt").is_file()
+
+    with harness.server(command, f"{url}/health", tmp_path, env):
+        output = harness.sh("dvc", "repro", "train", cwd=project, env=env)
+        epochs = _recorded_epochs(url, project, env, None)
+    print("runs and their epochs after the resume:", epochs)
+    assert re.search(r"resuming after epoch \d", output), output
+    assert "that the MLflow server missed" in output, output
+    assert list(epochs.values()) == [list(range(1, FAULT_EPOCHS + 1))], epochs
+    assert not (project / "data/checkpoints/train.pt").exists()

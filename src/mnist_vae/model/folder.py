@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from .. import files
 from ..errors import ModelFolderError
 
 CONFIG_FILE = "config.json"
@@ -28,13 +29,26 @@ WEIGHTS_FILE = "model.pt"
 
 
 def save_model_folder(folder: str | Path, config: Any, state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write ``config`` (a dataclass) to ``config.json`` and ``state_dict`` to ``model.pt``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``config`` (a dataclass) to ``config.json`` and ``state_dict`` to ``model.pt``,
+    replacing the folder whole: a failed write (``errors.WriteError``) leaves it as it was."""
     config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
-    (folder / CONFIG_FILE).write_text(config_json + "\n")
-    torch.save(state_dict, folder / WEIGHTS_FILE)
-    return folder
+    with files.replaced_folder(folder) as staging:  # whole or not at all
+        (staging / CONFIG_FILE).write_text(config_json + "\n")
+        _save_weights(state_dict, staging / WEIGHTS_FILE)
+    return Path(folder)
+
+
+def _save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """``torch.save`` to a path named ``model.pt``: the archive inside is named after the
+    file (``model/``), so the bytes are those of every weights file written so far (saved
+    to a buffer, it would be ``archive/``). torch's file writer reports a failed write as a
+    bare RuntimeError; a full disk becomes the OSError it is."""
+    try:
+        torch.save(state_dict, path)
+    except RuntimeError as error:
+        if (refused := files.refused_write(path, error)) is None:
+            raise
+        raise refused from error
 
 
 Module = TypeVar("Module", bound=nn.Module)

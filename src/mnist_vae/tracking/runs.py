@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,10 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import numpy as np
 from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
+
+from ..errors import tracking_unreachable_error
 
 if TYPE_CHECKING:
     from ..params import Params
@@ -52,6 +56,7 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own name for it
 # The UI opens an experiment in the view its kind names (else it guesses, often GenAI).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+SLOW_CALL_SECONDS = 3.0  # a call that took longer met an unreachable or failing server
 DIGEST_LENGTH = 32  # hex digits of a dataset input's sha256 (MLflow stores at most 36)
 
 
@@ -147,10 +152,34 @@ class TrainingRun:
     run_id: str | None
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
+        """Log one epoch's row. MLflow's client retries while the server is away (about 4
+        minutes by default); a call that had to wait says so, since the training paused."""
         if self.run_id is not None:
             row = metrics.as_dict()
             epoch = row.pop("epoch")
+            started = time.monotonic()
             mlflow.log_metrics(row, step=epoch)
+            if (waited := time.monotonic() - started) > SLOW_CALL_SECONDS:
+                print(f"train: epoch {epoch}'s metrics reached the MLflow server after "
+                      f"{waited:.0f} s of retries (it did not answer)", flush=True)  # fmt: skip
+
+    def log_missing_epochs(self, history: Sequence[Mapping[str, float]]) -> list[int]:
+        """Log the rows of ``history`` (a resumed checkpoint's, ``EpochMetrics.as_dict``) that
+        the run lacks, e.g. the epoch whose logging found the server down; return their
+        epochs. A row the run has is never logged twice."""
+        if self.run_id is None or not history:
+            return []
+        client = mlflow.MlflowClient()
+        keys = [key for key in history[0] if key != "epoch"]
+        history_of = lambda key: client.get_metric_history(self.run_id, key)  # noqa: E731
+        logged = {key: {metric.step for metric in history_of(key)} for key in keys}
+        missing = []
+        for row in history:
+            epoch = int(row["epoch"])
+            if lacking := {key: row[key] for key in keys if epoch not in logged[key]}:
+                mlflow.log_metrics(lacking, step=epoch)
+                missing.append(epoch)
+        return missing
 
     def log_outputs(self, weights: Path, history: Path, metrics: dict[str, float]) -> None:
         """The trained model's folder (``weights`` and the config beside it), the sha256 tag
@@ -190,12 +219,36 @@ def training_run(
         name = run_name(params.latent_dim, params.model.arch, params.train.epochs, params.seed)
         run = mlflow.start_run(run_name=name, tags=run_tags(data_checksum), log_system_metrics=True)
     with run:
-        mlflow.set_tags({ENVIRONMENT_TAG_PREFIX + k: str(v) for k, v in environment.items()})
-        if resume_run_id is None:
-            mlflow.log_params({**params.flat(), **used})
-            for context, images in datasets.items():
-                log_dataset(images, f"mnist-{context}", source_url, context)
-        yield TrainingRun(run.info.run_id)
+        try:
+            mlflow.set_tags({ENVIRONMENT_TAG_PREFIX + k: str(v) for k, v in environment.items()})
+            if resume_run_id is None:
+                mlflow.log_params({**params.flat(), **used})
+                for context, images in datasets.items():
+                    log_dataset(images, f"mnist-{context}", source_url, context)
+            yield TrainingRun(run.info.run_id)
+        except Exception as error:
+            if tracking_unreachable_error(error) is not None:
+                _leave_run_open()
+            raise
+
+
+def _leave_run_open() -> None:
+    """End the active run in this process only: the server did not answer through MLflow's
+    retries, so telling it FAILED would wait through them again. The run stays RUNNING there
+    until the resumed training reopens it."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    before = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))  # pops the run, then asks once
+    except MlflowException:
+        pass
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def find_model_run(weights: str | Path) -> str | None:

@@ -13,14 +13,15 @@ removed when training completes.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import files
 from ..params import TRAINING_KEYS, Params
 
 
@@ -61,10 +62,9 @@ class Checkpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` with the fingerprint and run id, atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        torch.save({**state, "fingerprint": self.fingerprint, "run_id": self.run_id}, partial)
-        os.replace(partial, self.path)
+        buffer = io.BytesIO()
+        torch.save({**state, "fingerprint": self.fingerprint, "run_id": self.run_id}, buffer)
+        files.write_bytes(self.path, buffer.getvalue())
 
     def remove(self) -> None:
         """Training is complete: a later run starts afresh."""

@@ -277,9 +277,10 @@ def fit(
     and call ``on_epoch``.
 
     ``plan`` defaults to ``plan_training`` for one process. With ``checkpoint``, the
-    state is saved after every epoch; ``resume`` (a state read back by
-    ``Checkpoint.load``) continues from it, bit for bit on the CPU: the result is the
-    same as a run that was never interrupted.
+    state is saved after every epoch, before ``on_epoch`` (an epoch whose metrics the
+    tracking server missed is not trained again: see ``TrainingRun.log_missing_epochs``);
+    ``resume`` (a state read back by ``Checkpoint.load``) continues from it, bit for bit on
+    the CPU: the result is the same as a run that was never interrupted.
 
     With ``data.binarize: dynamic`` training images are re-drawn as Bernoulli pixels at
     every visit; the test images are used as given (binarized once beforehand, see
@@ -349,9 +350,7 @@ def fit(
         history.append(metrics)
         if progress:
             tqdm.write(metrics.describe(t.epochs))
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if checkpoint is not None:
+        if checkpoint is not None:  # first: an epoch the tracking server missed is kept
             checkpoint.save({
                 "epoch": epoch,
                 "history": [m.as_dict() for m in history],
@@ -361,5 +360,7 @@ def fit(
                 "scheduler": scheduler.state_dict(),
                 "generators": generators,  # one per process, in rank order
             })  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(metrics)
     model.cpu()
     return TrainingResult(history, time.perf_counter() - started)
