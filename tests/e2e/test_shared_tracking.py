@@ -425,7 +425,9 @@ def _train_through(outage, project: Path, env: dict[str, str]) -> tuple[int, str
 
 def _retried(output: str) -> bool:
     """The training says so when an epoch's metrics had to wait for the server."""
-    return bool(re.search(r"metrics reached the MLflow server after \d+ s of retries", output))
+    waited = re.findall(r".*metrics reached the MLflow server after \d+ s of retries.*", output)
+    print(*waited, sep="\n")
+    return bool(waited)
 
 
 def test_a_training_waits_through_a_restart_of_the_mlflow_server(
@@ -504,6 +506,8 @@ def test_an_outage_past_the_retries_stops_with_one_line_and_the_next_repro_resum
         output = harness.sh("dvc", "repro", "train", cwd=project, env=env)
         epochs = _recorded_epochs(url, project, env, None)
     print("runs and their epochs after the resume:", epochs)
+    resumed = re.findall(r".*(?:resuming after epoch|that the MLflow server missed).*", output)
+    print(*resumed, sep="\n")
     assert re.search(r"resuming after epoch \d", output), output
     assert "that the MLflow server missed" in output, output
     assert list(epochs.values()) == [list(range(1, FAULT_EPOCHS + 1))], epochs
