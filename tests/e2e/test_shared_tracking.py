@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -355,7 +356,11 @@ def test_credentials_appear_nowhere_they_could_leak(tracking_server, shared_run,
 # logs it there.
 
 FAULT_EPOCHS = 4
-FAULT_SLICE = {"data": {"train_limit": 2048}, "train": {"epochs": FAULT_EPOCHS}}  # 2 s an epoch
+FAULT_SLICE = {  # 2 s an epoch, and nothing fitted after the epochs
+    "data": {"train_limit": 2048},
+    "model": {"sampler_components": 0},
+    "train": {"epochs": FAULT_EPOCHS, "lossy_decoder_epochs": 0},
+}
 OUTAGE_SECONDS = 5
 EPOCH_KEYS = [f"{split}_{part}" for split in ("train", "test") for part in ("loss", "recon", "kl")]
 
@@ -372,12 +377,21 @@ def tracking_db(tracking_server) -> str:
     return uri
 
 
-def _fault_project(folder: Path, mnist_mirror: Path) -> tuple[Path, dict[str, str]]:
+@pytest.fixture(scope="module")
+def fault_template(tmp_path_factory, mnist_mirror) -> tuple[Path, dict[str, str]]:
     """A small project, MNIST downloaded, whose training lasts a few epochs of 2 s."""
-    project, env = harness.small_project(folder, mnist_mirror)
+    project, env = harness.small_project(tmp_path_factory.mktemp("faults"), mnist_mirror)
     harness.edit_params(project, FAULT_SLICE)
     harness.sh("git", "commit", "-qam", "a few epochs", cwd=project, env=env)
     harness.sh("dvc", "repro", "download", cwd=project, env=env)
+    return project, env
+
+
+def _fault_project(fault_template, folder: Path, name: str) -> tuple[Path, dict[str, str]]:
+    """A copy of the template with a commit of its own, by which the test finds its runs."""
+    template, env = fault_template
+    project = shutil.copytree(template, folder / "project", symlinks=True)
+    harness.sh("git", "commit", "-q", "--allow-empty", "-m", name, cwd=project, env=env)
     return project, env
 
 
@@ -431,12 +445,12 @@ def _retried(output: str) -> bool:
 
 
 def test_a_training_waits_through_a_restart_of_the_mlflow_server(
-    tracking_db, tmp_path, mnist_mirror
+    tracking_db, tmp_path, fault_template
 ):
     """The server is killed (SIGKILL, like a crash) after epoch 1 and started again 5 s
     later: the training waits in MLflow's retries and ends with every epoch once in its
     one run."""
-    project, env = _fault_project(tmp_path, mnist_mirror)
+    project, env = _fault_project(fault_template, tmp_path, "the server restarted")
     command, url = _second_server(tracking_db, tmp_path)
     env = {**env, "MLFLOW_TRACKING_URI": url}
     with harness.server(command, f"{url}/health", tmp_path, env) as first:
@@ -456,7 +470,7 @@ def test_a_training_waits_through_a_restart_of_the_mlflow_server(
 
 
 def test_a_training_waits_through_a_restart_of_postgresql(
-    tracking_server, accounts, tmp_path, mnist_mirror
+    tracking_server, accounts, tmp_path, fault_template
 ):
     """The shared server's PostgreSQL is stopped after epoch 1 and started 5 s later (the
     server answers HTTP 500 meanwhile): the training ends with every epoch once in its run."""
@@ -466,7 +480,7 @@ def test_a_training_waits_through_a_restart_of_postgresql(
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    project, env = _fault_project(tmp_path, mnist_mirror)
+    project, env = _fault_project(fault_template, tmp_path, "PostgreSQL restarted")
     env = _as(accounts["trainer"], tracking_server, env)
 
     def restart_postgresql():
@@ -485,12 +499,12 @@ def test_a_training_waits_through_a_restart_of_postgresql(
 
 
 def test_an_outage_past_the_retries_stops_with_one_line_and_the_next_repro_resumes(
-    tracking_db, tmp_path, mnist_mirror
+    tracking_db, tmp_path, fault_template
 ):
     """With MLflow's retries cut to about 3 s, a server down for longer stops the training
     with one line and its checkpoint kept; once the server is back, `dvc repro` resumes into
     the same run, logs the epoch the server missed, and no epoch twice."""
-    project, env = _fault_project(tmp_path, mnist_mirror)
+    project, env = _fault_project(fault_template, tmp_path, "an outage past the retries")
     command, url = _second_server(tracking_db, tmp_path)
     env = {**env, "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
     env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
