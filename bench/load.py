@@ -8,7 +8,13 @@ users, not reported); then the targets at N = 16.
 
     python bench/load.py                                  # 2 workers, N = 1, 4, 16, 64, 60 s
     python bench/load.py --users 16 --seconds 20 --workers 1
+    python bench/load.py --split --workers 1              # codec modes and pictures apart
     python bench/load.py --url http://127.0.0.1:5000      # a server already running
+
+``--split`` serves the model twice, ``--workers`` each: one server takes the codec modes
+(``compress``, ``decompress``), the other the autoregressive pictures (``decode``,
+``reconstruct``), as a proxy routing by mode would; the users and their mix are the same,
+and the memory is both servers'.
 """
 
 from __future__ import annotations
@@ -66,16 +72,18 @@ def server_rss(pid: int) -> int:
 
 
 def run_locust(
-    host: str, users: int, seconds: int, requests: Path, out: Path
+    host: str, users: int, seconds: int, requests: Path, out: Path, routes: dict[str, str]
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """One locust run: its table per mode (requests, failures, percentiles, rate; the
-    ``Aggregated`` row: all modes) and its failures counted by cause."""
+    ``Aggregated`` row: all modes) and its failures counted by cause. ``routes``: the
+    modes sent to another server than ``host``."""
     prefix = out / f"users{users}"
     subprocess.run(
         ["locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", str(users),
          "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", "120", "--host", host,
          "--csv", str(prefix)],
-        env={**os.environ, "MNIST_VAE_LOAD_REQUESTS": str(requests)},
+        env={**os.environ, "MNIST_VAE_LOAD_REQUESTS": str(requests),
+             "MNIST_VAE_LOAD_ROUTES": json.dumps(routes)},
         check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     stats = pd.read_csv(f"{prefix}_stats.csv")
@@ -102,14 +110,23 @@ def main() -> None:
         default=1,
         help="torch threads per worker (OMP_NUM_THREADS; 0: torch's default)",
     )
+    parser.add_argument(
+        "--split", action="store_true", help="codec modes on one server, pictures on another"
+    )
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=int, default=60, help="per user count")
     args = parser.parse_args()
 
-    server, host = (None, args.url.rstrip("/")) if args.url else serving.start_server(
-        args.model, args.workers, args.threads or None
-    )  # fmt: skip
+    servers, host = [], args.url and args.url.rstrip("/")
+    routes = {}
     try:
+        for _ in range(0 if args.url else 2 if args.split else 1):
+            server, url = serving.start_server(args.model, args.workers, args.threads or None)
+            servers.append(server)
+            host = host or url
+        if args.split:
+            routes = {"decode": url, "reconstruct": url}  # the second server
+            print(f"codec modes on {host}, decode and reconstruct on {url}", flush=True)
         encoded = post(f"{host}/invocations", {"inputs": [[[0.0] * 28] * 28],
                                                "params": {"mode": "encode"}})  # fmt: skip
         latent_dim = len(encoded["predictions"]["mean"][0])
@@ -117,23 +134,25 @@ def main() -> None:
             requests = Path(scratch) / "requests.json"
             requests.write_text(json.dumps(request_bodies(f"{host}/invocations", latent_dim)))
             # warm-up, not reported: every worker's allocator and caches at the most users
-            run_locust(host, max(args.users), 10, requests, Path(scratch))
+            run_locust(host, max(args.users), 10, requests, Path(scratch), routes)
             tables, memory = [], []
             for users in args.users:
-                before = server_rss(server.pid) if server else None
-                table, causes = run_locust(host, users, args.seconds, requests, Path(scratch))
-                after = server_rss(server.pid) if server else None
+                before = sum(server_rss(s.pid) for s in servers) or None
+                table, causes = run_locust(
+                    host, users, args.seconds, requests, Path(scratch), routes
+                )
+                after = sum(server_rss(s.pid) for s in servers) or None
                 tables.append(table)
                 memory.append((users, before, after))
                 print(table.to_string(index=False), flush=True)
                 if causes:
                     print("  failures:", causes, flush=True)
-                if server:
+                if servers:
                     print(f"  server RSS {before / 2**20:.0f} MiB before, "
                           f"{after / 2**20:.0f} MiB after", flush=True)  # fmt: skip
         report(pd.concat(tables), memory)
     finally:
-        if server:
+        for server in servers:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
 

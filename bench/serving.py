@@ -3,11 +3,17 @@ latent vectors (JSON over HTTP, as in docs/tracking.md), timed one after another
 
     python bench/serving.py                          # models:/mnist-vae/latest, 200 requests
     python bench/serving.py --model models:/mnist-vae@champion --requests 500
+    python bench/serving.py --turns                  # in this process: why pictures take turns
+
+``--turns`` times, without a server, the pyfunc model of data/model answering four 64-latent
+``decode`` requests one after another, then in four threads at once (as MLflow's server runs
+requests) taking turns as served, then in four threads without turns.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -69,12 +76,45 @@ def start_server(
             time.sleep(0.25)
 
 
+def turns(requests: int = 4, rows: int = 64) -> None:
+    """Print the seconds of ``requests`` decodes one after another and in as many threads."""
+    import torch
+
+    from mnist_vae.tracking.serving import VAEPyfunc
+
+    torch.set_num_threads(1)  # one thread per worker, as bench/load.py serves it
+    served = VAEPyfunc().load_folder("data/model")
+    z = np.random.default_rng(0).standard_normal((rows, served.latent_dim)).astype(np.float32)
+
+    def decode(_: object = None) -> None:
+        served.predict(None, z, {"mode": "decode"})
+
+    def timed(run) -> float:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    decode()  # warm-up
+    threads = ThreadPoolExecutor(requests)
+    print(f"{requests} decodes of {rows} latent vectors, one torch thread:")
+    alone = timed(lambda: [decode() for _ in range(requests)])
+    print(f"  one after another:         {alone:.2f} s")
+    print(f"  {requests} threads, taking turns: "
+          f"{timed(lambda: list(threads.map(decode, range(requests)))):.2f} s")  # fmt: skip
+    served._picture_turn = contextlib.nullcontext()  # what the turns save
+    print(f"  {requests} threads, side by side: "
+          f"{timed(lambda: list(threads.map(decode, range(requests)))):.2f} s")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=f"models:/{runs.REGISTERED_MODEL}/latest")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rows", type=int, default=64, help="latent vectors per request")
+    parser.add_argument("--turns", action="store_true", help="threads with and without turns")
     args = parser.parse_args()
+    if args.turns:
+        return turns(rows=args.rows)
 
     started = time.perf_counter()
     server, host = start_server(args.model)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +100,27 @@ def test_the_signature_declares_the_request_params():
     params = {p.name: p for p in signature().params.params}
     assert params["mode"].default == "decode"
     assert params["n"].dtype.name == params["seed"].dtype.name == "long"
+
+
+def test_autoregressive_pictures_take_turns_and_answer_as_one_at_a_time(tmp_path):
+    """Requests in threads, as MLflow's server runs them: the same pictures as in turn. The
+    turn is held only by the autoregressive modes (bench/serving.py measures what it saves)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    config = VAEConfig(latent_dim=LATENT, likelihood="logistic_mixture", decoder="autoregressive")
+    save_model(build_model(config), tmp_path / "ar")
+    served = VAEPyfunc().load_folder(tmp_path / "ar")
+    z = np.random.default_rng(1).standard_normal((4, 2, LATENT)).astype(np.float32)
+    alone = [served.predict(None, rows, {"mode": "decode"}) for rows in z]
+    with ThreadPoolExecutor(4) as threads:
+        side_by_side = list(threads.map(lambda r: served.predict(None, r, {"mode": "decode"}), z))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, side_by_side, strict=True))
+    assert isinstance(served._picture_turn, type(threading.Lock()))
+    factorized = VAEPyfunc().load_folder(_factorized(tmp_path))
+    assert isinstance(factorized._picture_turn, contextlib.nullcontext)
+
+
+def _factorized(folder):
+    save_model(build_model(VAEConfig(latent_dim=LATENT)), folder / "factorized")
+    return folder / "factorized"
