@@ -47,30 +47,33 @@ MLFLOW_STAGES = ["train", "generate", "compare", "evaluate", "compress", "rate_d
 pytestmark = pytest.mark.slow
 
 
+def _setting(name: str, missing: str) -> str:
+    """The environment variable ``name`` that .ci/run sets; without it the test is skipped,
+    or fails under CI, which must exercise it."""
+    value = os.environ.get(name)
+    if not value:
+        reason = missing if name in missing else f"{missing}: set {name} (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return value
+
+
 @pytest.fixture(scope="module")
 def tracking_server() -> str:
     """The shared MLflow server (on PostgreSQL) named by $MNIST_VAE_TRACKING_SERVER."""
-    url = os.environ.get(TRACKING_SERVER_ENV)
-    if not url:
-        reason = (
-            f"no shared MLflow server: set {TRACKING_SERVER_ENV} to one backed by PostgreSQL "
-            f"(and {TRACKING_DB_ENV} to its database; .ci/run starts both)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason)  # CI must exercise it, never skip it
-        pytest.skip(reason)
+    url = _setting(
+        TRACKING_SERVER_ENV,
+        f"no shared MLflow server: set {TRACKING_SERVER_ENV} to one backed by PostgreSQL "
+        f"(and {TRACKING_DB_ENV} to its database; .ci/run starts both)",
+    )
     return url.rstrip("/")
 
 
 @pytest.fixture(scope="module")
 def accounts(tracking_server) -> dict[str, tuple[str, str]]:
     """``{"trainer": (username, password), "viewer": (...)}`` on the shared server."""
-    path = os.environ.get(TRACKING_ACCOUNTS_ENV)
-    if not path:
-        reason = f"no accounts on the shared server: set {TRACKING_ACCOUNTS_ENV} (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    path = _setting(TRACKING_ACCOUNTS_ENV, "no accounts on the shared server")
     found = json.loads(Path(path).read_text())
     return {a["role"]: (name, a["password"]) for name, a in found.items()}
 
@@ -368,13 +371,7 @@ EPOCH_KEYS = [f"{split}_{part}" for split in ("train", "test") for part in ("los
 @pytest.fixture(scope="module")
 def tracking_db(tracking_server) -> str:
     """The shared server's PostgreSQL database, as a SQLAlchemy URI."""
-    uri = os.environ.get(TRACKING_DB_ENV)
-    if not uri:
-        reason = f"no database of the shared server: set {TRACKING_DB_ENV} (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return uri
+    return _setting(TRACKING_DB_ENV, "no database of the shared server")
 
 
 @pytest.fixture(scope="module")
@@ -474,12 +471,7 @@ def test_a_training_waits_through_a_restart_of_postgresql(
 ):
     """The shared server's PostgreSQL is stopped after epoch 1 and started 5 s later (the
     server answers HTTP 500 meanwhile): the training ends with every epoch once in its run."""
-    pg_ctl = os.environ.get(PG_CTL_ENV)
-    if not pg_ctl:
-        reason = f"no pg_ctl for the shared server's PostgreSQL: set {PG_CTL_ENV} (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    pg_ctl = _setting(PG_CTL_ENV, "no pg_ctl for the shared server's PostgreSQL")
     project, env = _fault_project(fault_template, tmp_path, "PostgreSQL restarted")
     env = _as(accounts["trainer"], tracking_server, env)
 
