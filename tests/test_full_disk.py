@@ -32,7 +32,6 @@ import pytest
 from PIL import Image
 
 TMPFS_SIZE = "32m"
-CASES = ("compress", "decompress", "model_folder", "checkpoint")
 NO_SPACE = ("No space left on device", "File too large")
 
 
