@@ -71,6 +71,44 @@ def server_rss(pid: int) -> int:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
 
 
+def _cpu(process: psutil.Process) -> float:
+    return sum(process.cpu_times()[:2])
+
+
+def _listens(process: psutil.Process) -> bool:
+    return any(c.status == psutil.CONN_LISTEN for c in process.net_connections("tcp"))
+
+
+def worker_cpu(pids: list[int]) -> dict[int, tuple[float, dict[int, float]]]:
+    """CPU seconds so far of every uvicorn worker under the servers ``pids`` (the processes
+    that listen, below the supervisor when there is one) and of each of its picture
+    processes: worker pid -> (seconds, {picture process pid: seconds})."""
+    cpu = {}
+    for pid in pids:
+        listening = [p for p in psutil.Process(pid).children(recursive=True) if _listens(p)]
+        for worker in listening:
+            if any(child in listening for child in worker.children()):
+                continue  # the supervisor of several workers
+            pictures = [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())]
+            cpu[worker.pid] = (_cpu(worker), {p.pid: _cpu(p) for p in pictures})
+    return cpu
+
+
+def cpu_used(before: dict, after: dict) -> str:
+    """Each worker's CPU seconds between two ``worker_cpu`` readings, its picture
+    processes' in brackets."""
+
+    parts = []
+    for pid, (seconds, pictures) in sorted(after.items()):
+        was, was_pictures = before.get(pid, (0.0, {}))
+        text = f"{seconds - was:.0f}"
+        if pictures:
+            spent = [f"{s - was_pictures.get(p, 0.0):.0f}" for p, s in sorted(pictures.items())]
+            text += f" ({', '.join(spent)})"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def run_locust(
     host: str, users: int, seconds: int, requests: Path, out: Path, routes: dict[str, str]
 ) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -138,10 +176,12 @@ def main() -> None:
             tables, memory = [], []
             for users in args.users:
                 before = sum(server_rss(s.pid) for s in servers) or None
+                cpu_before = worker_cpu([s.pid for s in servers])
                 table, causes = run_locust(
                     host, users, args.seconds, requests, Path(scratch), routes
                 )
                 after = sum(server_rss(s.pid) for s in servers) or None
+                cpu = worker_cpu([s.pid for s in servers])
                 tables.append(table)
                 memory.append((users, before, after))
                 print(table.to_string(index=False), flush=True)
@@ -150,6 +190,8 @@ def main() -> None:
                 if servers:
                     print(f"  server RSS {before / 2**20:.0f} MiB before, "
                           f"{after / 2**20:.0f} MiB after", flush=True)  # fmt: skip
+                    print(f"  CPU seconds in {args.seconds} s, each worker (its picture "
+                          f"processes): {cpu_used(cpu_before, cpu)}", flush=True)  # fmt: skip
         report(pd.concat(tables), memory)
     finally:
         for server in servers:

@@ -359,6 +359,8 @@ def test_mlflow_models_serve_answers_every_mode_and_refuses_bad_requests(project
             assert message in body["message"], (name, body["message"])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=10) as answer:
             assert answer.status == 200
+    # one worker loads the model before uvicorn's loop runs: Python's request pool, said so
+    assert "serve with --workers 2 or more" in (project / "server-mlflow-models.log").read_text()
 
 
 def test_the_mlflow_ui_shows_the_run_in_headless_chromium(project, tmp_path):
@@ -398,14 +400,17 @@ def test_the_mlflow_ui_shows_the_run_in_headless_chromium(project, tmp_path):
 
 
 def test_the_server_answers_1000_mixed_requests_from_8_clients_without_growing(project):
+    """Served as recommended for two cores: 2 workers, each with its picture processes."""
     project, env, _ = project
     port = harness.free_port()
     with harness.server(  # no --host: it must listen on 127.0.0.1 only
         ["mlflow", "models", "serve", "-m", "models:/mnist-vae/latest", "--env-manager", "local",
-         "--port", str(port)],
+         "--port", str(port), "--workers", "2"],
         f"http://127.0.0.1:{port}/ping", cwd=project, env=harness.store_env(project, env),
     ) as server:  # fmt: skip
         assert harness.listening_addresses(port) == {"127.0.0.1"}
+        log = project / "server-mlflow-models.log"
+        assert "serve with --workers 2" not in log.read_text()  # 64 request threads a worker
         url = f"http://127.0.0.1:{port}/invocations"
         rng = np.random.default_rng(0)
         # seven cheap requests (the encoder) to one decode (the autoregressive decoder takes

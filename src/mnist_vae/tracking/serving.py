@@ -46,6 +46,13 @@ from ..compression.lossy import DEFAULT_RATE, LossyCodec
 from ..errors import CodecError
 from ..model.vae import ConvVAE, load_model
 from .pyfunc import MODEL_ARTIFACT_KEY
+from .serving_worker import (
+    PictureProcesses,
+    draw,
+    picture_processes,
+    served_by_mlflow,
+    widen_request_threads,
+)
 
 MODES = ("decode", "encode", "reconstruct", "sample", "compress", "decompress")
 MAX_ROWS = 1024
@@ -83,20 +90,32 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
     codec: LossyCodec
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.load_folder(context.artifacts[MODEL_ARTIFACT_KEY])
+        folder = context.artifacts[MODEL_ARTIFACT_KEY]
+        self.load_folder(folder)
+        if served_by_mlflow():  # see serving_worker: the request threads, the pictures
+            widen_request_threads()
+            processes = picture_processes()
+            if processes and self.model.pixel_head is not None:
+                self._picture_processes = PictureProcesses(folder, processes)
 
     def load_folder(self, folder: str | Path) -> VAEPyfunc:
         """Use the model folder directly (tests, and Python callers without MLflow)."""
         self.model = load_model(folder)
         self.codec = LossyCodec(self.model, weights_sha256(folder))
-        # The autoregressive pictures take turns: MLflow's server runs each request in a
-        # thread of its own, and a picture is 784 steps of a few small torch calls each, so
-        # side by side the threads fight over the GIL between every call (four 64-latent
-        # decodes in four threads: 2.0 s, against 0.77 s one after another). The codec modes
-        # do not wait for a turn.
+        # Outside a serving worker the autoregressive pictures take turns: a picture is 784
+        # steps of a few small torch calls each, so in threads side by side they fight over
+        # the GIL between every call (four 64-latent decodes in four threads: 2.0 s, against
+        # 0.77 s one after another). The codec modes do not wait for a turn.
         autoregressive = self.model.pixel_head is not None
         self._picture_turn = threading.Lock() if autoregressive else contextlib.nullcontext()
+        self._picture_processes: PictureProcesses | None = None
         return self
+
+    def _draw(self, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0):
+        if self._picture_processes is not None:
+            return self._picture_processes.draw(mode, array, n, seed)
+        with self._picture_turn:
+            return draw(self.model, mode, array, n, seed)
 
     def _compress(self, model_input: Any, rate: int) -> list[str]:
         x = self._images(model_input, "compress").squeeze(1)
@@ -154,10 +173,6 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
             )
         return torch.from_numpy(np.ascontiguousarray(x))
 
-    @staticmethod
-    def _pictures(images: torch.Tensor) -> np.ndarray:
-        return images.squeeze(1).numpy()
-
     def predict(
         self,
         context: mlflow.pyfunc.PythonModelContext | None,
@@ -168,24 +183,18 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
         mode = params.get("mode", "decode")
         with torch.no_grad():
             if mode == "decode":
-                z = self._latents(model_input)
-                with self._picture_turn:
-                    return self._pictures(self.model.mean_image(z))
+                return self._draw(mode, self._latents(model_input).numpy())
             if mode == "encode":
                 mean, logvar = self.model.encode(self._images(model_input, mode))
                 return {"mean": mean.numpy(), "logvar": logvar.numpy()}
             if mode == "reconstruct":
-                x = self._images(model_input, mode)
-                with self._picture_turn:
-                    return self._pictures(self.model.reconstruct(x))
+                return self._draw(mode, self._images(model_input, mode).numpy())
             if mode == "sample":
                 n, seed = int(params.get("n", 16)), int(params.get("seed", 0))
                 _check_rows(n, "sample")
                 if seed < 0:
                     raise bad_request(f"seed must be >= 0; got {seed}")
-                generator = torch.Generator().manual_seed(seed)
-                with self._picture_turn:
-                    return self._pictures(self.model.sample(n, generator))
+                return self._draw(mode, n=n, seed=seed)
             if mode == "compress":
                 return self._compress(model_input, int(params.get("rate", DEFAULT_RATE)))
             if mode == "decompress":

@@ -1,0 +1,167 @@
+"""How a worker of ``mlflow models serve`` spends its cores on the served model.
+
+MLflow's scoring server is uvicorn running FastAPI: every request is answered in a
+thread of the worker (``asyncio.to_thread``). Two things follow, measured in
+``bench/load.py`` and docs/results.md#under-load:
+
+- The default request pool has min(32, cores + 4) threads, six on two cores. A slow
+  picture holds its thread to the end, so with more users than threads a one-digit
+  ``compress`` of 2 ms waited behind pictures of a quarter of a second (``compress`` p99
+  520 ms at 16 users). ``widen_request_threads`` gives the worker as many threads as it
+  may have users.
+- A picture from the autoregressive decoder is 784 steps of a few small torch calls: two
+  in threads of one process only fight over the GIL, and uvicorn hands *connections*,
+  not requests, to its workers, so one worker often holds every keep-alive client while
+  another idles. ``PictureProcesses`` draws the pictures in processes of the worker's
+  own, one per core: each request goes to whichever is free, and a single worker uses
+  every core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model.vae import ConvVAE, load_model
+
+REQUEST_THREADS = 64
+"""A serving worker's request threads, unless ``MNIST_VAE_REQUEST_THREADS`` says otherwise."""
+SERVED_MODEL_VARIABLE = "__pyfunc_model_path__"
+"""Set by ``mlflow models serve`` for its workers (``scoring_server._SERVER_MODEL_PATH``)."""
+PICTURE_MODES = ("decode", "reconstruct", "sample")
+logger = logging.getLogger(__name__)
+
+
+def _count(variable: str, default: int, least: int) -> int:
+    text = os.environ.get(variable, str(default))
+    try:
+        count = int(text)
+    except ValueError:
+        count = least - 1
+    if count < least:
+        raise ValueError(f"{variable} must be a whole number >= {least}; got {text!r}")
+    return count
+
+
+def request_threads() -> int:
+    """``MNIST_VAE_REQUEST_THREADS`` (default 64), checked."""
+    return _count("MNIST_VAE_REQUEST_THREADS", REQUEST_THREADS, 1)
+
+
+def picture_processes() -> int:
+    """``MNIST_VAE_PICTURE_PROCESSES`` (default: the cores this process may use; 0: draw the
+    pictures in the worker itself, taking turns), checked."""
+    return _count("MNIST_VAE_PICTURE_PROCESSES", len(os.sched_getaffinity(0)), 0)
+
+
+def served_by_mlflow() -> bool:
+    """Whether this process is a worker of ``mlflow models serve`` (the server sets its
+    variable; a script or a notebook that loads the model has none; the tests set it)."""
+    return SERVED_MODEL_VARIABLE in os.environ
+
+
+def widen_request_threads() -> int | None:
+    """Give the running event loop a request pool of ``request_threads()`` threads: the
+    count, or None when no loop runs yet.
+
+    Under uvicorn's supervisor (``--workers 2`` or more) a worker loads the model inside
+    its event loop, before the first request, so every request is answered from this pool.
+    A single worker (``--workers 1``) loads it before its loop starts, and keeps Python's
+    default pool (a warning says so). A waiting thread costs no CPU, and the pool starts
+    its threads only as requests need them."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        logger.warning(
+            "mnist-vae: the model was loaded before the server's event loop started (uvicorn "
+            "with one worker), so requests keep Python's default pool of %d threads; serve "
+            "with --workers 2 or more for MNIST_VAE_REQUEST_THREADS (%d) threads per worker",
+            min(32, (os.cpu_count() or 1) + 4),
+            request_threads(),
+        )
+        return None
+    threads = request_threads()
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mnist-vae-request")
+    )
+    return threads
+
+
+class PictureProcesses:
+    """``decode``, ``reconstruct`` and ``sample`` in ``processes`` processes of their own,
+    each with the model from ``folder`` and one torch thread: the same pictures, bit for
+    bit, as the worker would draw. Arrays go back and forth between processes this
+    worker started, never from a client. A process that dies (killed, out of memory) is
+    replaced, and the request it held is drawn again once."""
+
+    def __init__(self, folder: str | Path, processes: int) -> None:
+        self.folder, self.processes = str(folder), processes
+        self._replacing = threading.Lock()
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),  # no forked torch state
+            initializer=_load,
+            initargs=(self.folder,),
+        )
+        # every process started and its model loaded before the first request: as many
+        # calls at once as processes makes the pool start them all
+        ready = [pool.submit(os.getpid) for _ in range(self.processes)]
+        for call in ready:
+            call.result()
+        return pool
+
+    def draw(self, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0):
+        """The pictures of ``mode`` (``PICTURE_MODES``): ``array`` holds the latent vectors
+        (decode) or images (reconstruct); ``n`` and ``seed`` are sample's."""
+        pool = self._pool
+        try:
+            return pool.submit(_draw, mode, array, n, seed).result()
+        except BrokenProcessPool:
+            with self._replacing:
+                if self._pool is pool:
+                    self._pool = self._start()
+            return self._pool.submit(_draw, mode, array, n, seed).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+_model: ConvVAE | None = None  # in a picture process: its model
+
+
+def _load(folder: str) -> None:
+    global _model
+    torch.set_num_threads(1)  # one process per core
+    _model = load_model(folder)
+
+
+@torch.no_grad()
+def _draw(mode: str, array: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+    return draw(_model, mode, array, n, seed)
+
+
+def draw(
+    model: ConvVAE, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0
+) -> np.ndarray:
+    """The pictures of one request, ``n x 28 x 28``, with ``model`` (see ``PictureProcesses``)."""
+    if mode == "decode":
+        images = model.mean_image(torch.from_numpy(array))
+    elif mode == "reconstruct":
+        images = model.reconstruct(torch.from_numpy(array))
+    elif mode == "sample":
+        images = model.sample(n, torch.Generator().manual_seed(seed))
+    else:
+        raise ValueError(f"{mode!r} is not one of {PICTURE_MODES}")
+    return images.squeeze(1).numpy()
