@@ -108,10 +108,12 @@ def test_picture_processes_draw_the_workers_pictures_bit_for_bit_and_survive_a_k
     killed: the next requests are drawn again by new ones."""
     from mnist_vae.model.vae import load_model
 
-    torch.set_num_threads(1)
-    model = load_model(autoregressive)
-    with torch.no_grad():
+    model, threads = load_model(autoregressive), torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the picture processes
+    try:
         expected = [draw(model, *request) for request in _requests()]
+    finally:
+        torch.set_num_threads(threads)
     processes = PictureProcesses(autoregressive, 2)
     try:
         pids = _picture_processes_pids()

@@ -111,7 +111,9 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
         self._picture_processes: PictureProcesses | None = None
         return self
 
-    def _draw(self, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0):
+    def _draw(
+        self, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0
+    ) -> np.ndarray:
         if self._picture_processes is not None:
             return self._picture_processes.draw(mode, array, n, seed)
         with self._picture_turn:

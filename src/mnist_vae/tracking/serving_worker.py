@@ -60,7 +60,8 @@ def request_threads() -> int:
 def picture_processes() -> int:
     """``MNIST_VAE_PICTURE_PROCESSES`` (default: the cores this process may use; 0: draw the
     pictures in the worker itself, taking turns), checked."""
-    return _count("MNIST_VAE_PICTURE_PROCESSES", len(os.sched_getaffinity(0)), 0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return _count("MNIST_VAE_PICTURE_PROCESSES", cores or 1, 0)
 
 
 def served_by_mlflow() -> bool:
@@ -99,7 +100,7 @@ def widen_request_threads() -> int | None:
 class PictureProcesses:
     """``decode``, ``reconstruct`` and ``sample`` in ``processes`` processes of their own,
     each with the model from ``folder`` and one torch thread: the same pictures, bit for
-    bit, as the worker would draw. Arrays go back and forth between processes this
+    bit, as ``draw`` gives in one torch thread. Arrays go back and forth between processes this
     worker started, never from a client. A process that dies (killed, out of memory) is
     replaced, and the request it held is drawn again once."""
 
@@ -122,7 +123,9 @@ class PictureProcesses:
             call.result()
         return pool
 
-    def draw(self, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0):
+    def draw(
+        self, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0
+    ) -> np.ndarray:
         """The pictures of ``mode`` (``PICTURE_MODES``): ``array`` holds the latent vectors
         (decode) or images (reconstruct); ``n`` and ``seed`` are sample's."""
         pool = self._pool
@@ -147,11 +150,11 @@ def _load(folder: str) -> None:
     _model = load_model(folder)
 
 
-@torch.no_grad()
 def _draw(mode: str, array: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     return draw(_model, mode, array, n, seed)
 
 
+@torch.no_grad()
 def draw(
     model: ConvVAE, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0
 ) -> np.ndarray:
