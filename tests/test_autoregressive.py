@@ -71,6 +71,25 @@ def test_the_picture_is_each_pixels_expected_value_given_the_picture_before_it(m
     assert torch.allclose(means, picture, atol=1e-5)
 
 
+@pytest.mark.parametrize("decoder", ["autoregressive", "factorized"])
+def test_many_codes_score_against_one_image_as_each_decoded_alone(decoder, digits):
+    """``log_likelihood`` reads each image's context once for all its codes; every code's
+    likelihood is the one ``decode`` gives it, up to rounding."""
+    import dataclasses
+
+    model = seeded_model(dataclasses.replace(CONFIG, decoder=decoder), 0).eval()
+    x = torch.from_numpy(digits[:3]).float().div(255).unsqueeze(1)
+    z = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        shared = model.log_likelihood(z, x)
+        alone = torch.stack(
+            [-model.likelihood.nll(model.decode(z[:, j], x), x) for j in range(5)], dim=1
+        )
+    assert shared.shape == (3, 5)
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-3)
+    assert not torch.equal(shared[:, 0], shared[:, 1])  # the codes do matter
+
+
 def test_the_autoregressive_decoder_needs_the_image_for_its_likelihood(model):
     with pytest.raises(ValueError, match="depend on the image: pass x"):
         model.decode(torch.zeros(1, 4))

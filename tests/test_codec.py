@@ -174,7 +174,7 @@ def test_every_value_can_be_coded_even_where_the_model_is_certain(codec):
     assert (table[:, 0] > 0).all() and (table[:, 1:] == 0).all()
     pixels = np.array([255, 0], np.uint8)
     coder = constriction.stream.stack.AnsCoder()
-    codec._push_pixels(coder, pixels, rows)
+    codec._push_positions(coder, pixels[None], rows)
     assert codec._pop_pixels(coder, rows).tolist() == [255, 0]
 
 

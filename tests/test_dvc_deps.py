@@ -10,6 +10,7 @@ way Python would load them, ``__init__.py`` first) and compares the files with t
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -59,10 +60,20 @@ def _packages_of(path: Path) -> set[Path]:
     return {PACKAGE_DIR.joinpath(*parts[1:i], "__init__.py") for i in range(1, len(parts) + 1)}
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """A file's syntax tree, parsed once. The package's and the stages' files are parsed
+    when this module is collected (below), before any test has started a thread: CPython
+    3.11's AST constructor keeps its recursion count per interpreter, and a parse while
+    threads left by other tests run could fail with "AST constructor recursion depth
+    mismatch" (seen under pytest-xdist)."""
+    return ast.parse(path.read_text(), filename=str(path))
+
+
 def package_imports(path: Path) -> set[Path]:
     """The package's modules that ``path`` imports directly (with their packages'
     ``__init__.py``); for a module of the package, also the packages above it."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _tree(path)
     inside = path.is_relative_to(PACKAGE_DIR)
     here = _dotted(path) if inside else []
     if inside and path.name != "__init__.py":
@@ -102,6 +113,8 @@ def _stage_script(cmd: str) -> Path:
 
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+for _file in [*PACKAGE_DIR.rglob("*.py"), *(ROOT / "stages").glob("*.py")]:
+    _tree(_file)
 
 
 def test_every_stage_loads_the_package_init_and_the_cpu_kernel_pin():

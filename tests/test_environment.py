@@ -12,10 +12,12 @@ import pytest
 
 from mnist_vae import CPU_KERNELS, environment
 from mnist_vae.environment import (
+    HUGEPAGE_SWITCH,
     NATIVE_SWITCH,
     PINNED,
     PINNED_KERNELS,
     SET_BY_PIN,
+    keep_arrays_off_huge_pages,
     pin_cpu_kernels,
 )
 
@@ -103,3 +105,32 @@ def test_importing_the_package_pins_torch_and_the_record_says_so():
     assert (native["mkl_cbwr"], native["dnnl_max_cpu_isa"]) == ("auto", "all")
     assert native["cpu_capability"] != "AVX2" or "avx512f" not in (environment.cpu_flags() or ())
     assert native["threads"] == 1
+
+
+_HUGE_PAGES_NOW = (
+    "import {first}mnist_vae, numpy\n"
+    "core = 'numpy._core' if int(numpy.__version__.split('.')[0]) >= 2 else 'numpy.core'\n"
+    "print(__import__(core + '.multiarray', fromlist=['_'])._set_madvise_hugepage(False))"
+)
+
+
+@pytest.mark.parametrize("first", ["", "pandas, ", "mlflow, "])
+def test_numpy_stops_asking_for_huge_pages_whoever_imports_it_first(first):
+    """Off whether NumPy comes after the package (it reads the variable) or before it (a
+    stage imports pandas or MLflow first: the switch is turned at run time)."""
+    env = {k: v for k, v in os.environ.items() if k != HUGEPAGE_SWITCH}
+    out = subprocess.run(
+        [sys.executable, "-c", _HUGE_PAGES_NOW.format(first=first)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == "False"  # the setting before this call: off
+
+
+def test_a_user_who_asks_for_huge_pages_keeps_them():
+    env = {**os.environ, HUGEPAGE_SWITCH: "1"}
+    assert keep_arrays_off_huge_pages(env) is False and env[HUGEPAGE_SWITCH] == "1"
+    out = subprocess.run(
+        [sys.executable, "-c", _HUGE_PAGES_NOW.format(first="pandas, ")],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == "True"

@@ -53,8 +53,8 @@ class _PriorModel:
     def encode(self, x):
         return torch.zeros(len(x), 3), torch.zeros(len(x), 3)
 
-    def decode(self, z, x=None):
-        return torch.zeros(len(z), 1, 2, 2)
+    def log_likelihood(self, z, x, loss="bce"):
+        return torch.full(z.shape[:2], x[0].numel() * math.log(0.5))
 
 
 @pytest.mark.parametrize("k", [1, 7, 50])

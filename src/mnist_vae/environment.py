@@ -17,8 +17,10 @@ module imports torch, and ``python -m mnist_vae.params`` stays fast.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
+import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,31 @@ def pin_cpu_kernels(
     if set_now:
         environ[SET_BY_PIN] = ",".join(set_now)
     return PINNED
+
+
+HUGEPAGE_SWITCH = "NUMPY_MADVISE_HUGEPAGE"
+
+
+def keep_arrays_off_huge_pages(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Stop NumPy asking for transparent huge pages, unless ``NUMPY_MADVISE_HUGEPAGE`` is set;
+    returns whether they are off.
+
+    A speed setting, not a bits one. NumPy marks every array of 4 MiB or more
+    ``madvise(MADV_HUGEPAGE)``. Where the kernel compacts memory for such pages on demand
+    (``/sys/kernel/mm/transparent_hugepage/defrag``: ``madvise``, a common default), an
+    allocation made after PyTorch has churned memory can stall for compaction: PCA's
+    round trips in the rate_distortion stage took 2 to 3 s each after an SSIM instead of
+    0.13 s, the whole PCA sweep 101 s instead of 58 s (2-core Xeon). NumPy reads the
+    variable when it is imported, and a stage imports pandas or MLflow (so NumPy) before
+    this package: then the switch is also turned at run time."""
+    environ = os.environ if environ is None else environ
+    if environ.setdefault(HUGEPAGE_SWITCH, "0") != "0":
+        return False
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # imported before us: it has read the variable already
+        core = "numpy._core" if int(numpy.__version__.split(".")[0]) >= 2 else "numpy.core"
+        importlib.import_module(f"{core}.multiarray")._set_madvise_hugepage(False)
+    return True
 
 
 def record(device: str, cpu_kernels: str) -> dict[str, Any]:

@@ -10,6 +10,10 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+BATCH = 500
+"""images measured at a time: SSIM's convolutions run 1.4 times faster on 500 than on 2,000
+(2-core Xeon), with the same result"""
+
 MAX_PSNR = 100.0
 """the PSNR of an image decoded without error (infinite) counts as this many dB"""
 
@@ -26,7 +30,7 @@ def _batches(originals: np.ndarray, decoded: np.ndarray, batch: int):
 
 
 @torch.no_grad()
-def psnr(originals: np.ndarray, decoded: np.ndarray, batch: int = 2000) -> float:
+def psnr(originals: np.ndarray, decoded: np.ndarray, batch: int = BATCH) -> float:
     """Mean PSNR (dB) of ``decoded`` against ``originals`` (uint8 ``N x H x W``): the
     measure a sweep's envelope is chosen by, at a thirtieth of the cost of SSIM."""
     per_image = [
@@ -39,7 +43,7 @@ def psnr(originals: np.ndarray, decoded: np.ndarray, batch: int = 2000) -> float
 
 
 @torch.no_grad()
-def distortion(originals: np.ndarray, decoded: np.ndarray, batch: int = 2000) -> dict[str, float]:
+def distortion(originals: np.ndarray, decoded: np.ndarray, batch: int = BATCH) -> dict[str, float]:
     """Mean PSNR (dB) and mean SSIM of ``decoded`` against ``originals`` (uint8 ``N x H x W``)."""
     ssim = [
         structural_similarity_index_measure(y, x, data_range=255.0, reduction="none")

@@ -86,14 +86,48 @@ class PixelHead(nn.Module):
         row, col = divmod(position, self.size)
         canvas[:, (row + self.radius) * self.width + col + self.radius] = value
 
+    def _canvas_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The canvas of images ``x`` (``[N, 1, H, W]`` in [0, 1])."""
+        return self.canvas(torch.round(x * (LEVELS - 1)) / CONTEXT_SCALE)
+
     def forward(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: the parameters ``[N, channels, H, W]`` of every pixel of images
         ``x`` (``[N, 1, H, W]`` in [0, 1]) given the decoder's ``features`` there."""
-        levels = torch.round(x * (LEVELS - 1)) / CONTEXT_SCALE
-        rows = torch.cat([pixel_rows(features), self.context(self.canvas(levels)).flatten(0, 1)], 1)
-        out = self.network(rows)
-        n, _, h, w = features.shape
-        return out.view(n, h * w, -1).transpose(1, 2).reshape(n, -1, h, w)
+        context = self.context(self._canvas_of(x)).flatten(0, 1)
+        out = self.network(torch.cat([pixel_rows(features), context], 1))
+        return self._as_images(out, features.shape)
+
+    def context_share(self, x: torch.Tensor) -> torch.Tensor:
+        """The context's share of the first layer (its bias included) at every pixel of
+        images ``x``: ``[N, H * W, hidden]``. It does not depend on ``z``, so scoring many
+        codes against one image (``shared_forward``) computes it once."""
+        first, split = self.network[0], self._split
+        return nn.functional.linear(
+            self.context(self._canvas_of(x)), first.weight[:, split:], first.bias
+        )
+
+    def shared_forward(self, features: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing for ``m`` codes per image: ``features`` ``[N * m, F, H, W]`` (the
+        codes of image ``i`` in rows ``i * m`` to ``i * m + m - 1``) and the images'
+        ``context_share`` ``[N, H * W, hidden]``; the parameters ``[N * m, channels, H, W]``.
+        The same numbers as ``forward`` up to rounding (the first layer in two parts)."""
+        first, split = self.network[0], self._split
+        n, hw = share.shape[:2]
+        rows = features.flatten(2).transpose(1, 2)  # [N * m, H * W, F]
+        hidden = torch.matmul(rows, first.weight[:, :split].T).view(n, -1, hw, share.shape[2])
+        out = self.network[1:]((hidden + share.unsqueeze(1)).flatten(0, 1))
+        return self._as_images(out, features.shape)
+
+    @property
+    def _split(self) -> int:
+        """Where the features end and the context begins in the first layer's inputs."""
+        return self.network[0].in_features - len(self.index)
+
+    @staticmethod
+    def _as_images(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Per-pixel rows of parameters back to images: ``[N, channels, H, W]``."""
+        n, _, h, w = shape
+        return out.reshape(n, h * w, -1).transpose(1, 2).reshape(n, -1, h, w)
 
     def decode(
         self, features: torch.Tensor, choose: Callable[[torch.Tensor], torch.Tensor]

@@ -206,6 +206,21 @@ class ConvVAE(nn.Module):
             )
         return self.pixel_head(out, x)
 
+    def log_likelihood(
+        self, z: torch.Tensor, x: torch.Tensor, loss: str | None = None
+    ) -> torch.Tensor:
+        """log p(x|z) in nats of each image under each of its ``m`` codes: ``z`` ``[N, m,
+        latent_dim]``, ``x`` ``[N, C, H, W]``; ``[N, m]``. Under the likelihood of ``loss``
+        (default: the model's own). The autoregressive head reads each image's context once
+        for all its codes (``PixelHead.context_share``)."""
+        n, m = z.shape[:2]
+        params = self.decoder(z.flatten(0, 1))
+        if self.pixel_head is not None:
+            params = self.pixel_head.shared_forward(params, self.pixel_head.context_share(x))
+        target = x.unsqueeze(1).expand(n, m, *x.shape[1:]).flatten(0, 1)
+        nll = (likelihood(loss) if loss else self.likelihood).nll(params, target)
+        return -nll.view(n, m)
+
     def mean_image(self, z: torch.Tensor, exact: bool = True) -> torch.Tensor:
         """The model's picture of ``z``, in [0, 1]: the expected image under p(x|z) (for
         ``bce``: the pixel probabilities; ``exact=False``: a closed form where the exact mean

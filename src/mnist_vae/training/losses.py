@@ -76,13 +76,18 @@ def iwae_nll(
     generator: torch.Generator | None = None,
     budget: int = 4096,
     loss: str = "bce",
+    batch: int = 64,
 ) -> torch.Tensor:
     """Importance-weighted estimate of -log p(x) per image (Burda et al. 2015), in nats,
     under the likelihood of ``loss`` (the model's own, or Bernoulli for ``mse`` models).
 
     -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x) with z_i ~ q(z|x); the bound tightens as
-    ``k`` grows and equals the negative ELBO at k = 1. At most ``budget`` decoded images
-    are in memory at once: the k samples of each image are drawn in chunks.
+    ``k`` grows and equals the negative ELBO at k = 1. The noise is drawn in chunks of
+    ``budget // N`` samples per image (which fixes the estimate for a seed), and the codes
+    are decoded about ``batch`` at a time (``ConvVAE.log_likelihood``): a small working set
+    stays in the CPU's caches. On a 2-core Xeon, 500 test digits with k = 20 under the
+    default autoregressive model take about 2 s this way, against 5.3 s decoding 4,000 codes
+    at once with the context read again for each.
     """
     mean, logvar = model.encode(x)
     n, chunk = len(x), max(1, budget // len(x))
@@ -91,9 +96,13 @@ def iwae_nll(
         m = min(chunk, k - start)
         eps = torch.randn((n, m, mean.shape[1]), generator=generator, device=x.device)
         z = mean.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)
-        target = x.unsqueeze(1).expand(n, m, *x.shape[1:]).flatten(0, 1)
-        decoded = model.decode(z.flatten(0, 1), target)
-        log_px_z = -reconstruction_error(decoded, target, loss).view(n, m)
+        step = max(1, batch // m)  # images whose codes are decoded together
+        log_px_z = torch.cat(
+            [
+                model.log_likelihood(z[i : i + step], x[i : i + step], loss)
+                for i in range(0, n, step)
+            ]
+        )
         log_w.append(
             log_px_z
             + _gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
