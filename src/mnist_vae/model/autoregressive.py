@@ -139,7 +139,7 @@ class PixelHead(nn.Module):
         step adds the context's share and runs the rest of the network on ``N`` rows."""
         n, _, h, w = features.shape
         first, rest = self.network[0], self.network[1:]
-        split = features.shape[1]
+        split = self._split
         known = nn.functional.linear(pixel_rows(features), first.weight[:, :split], first.bias)
         known = known.view(n, h * w, -1)
         canvas = self.empty_canvas(n, features)
