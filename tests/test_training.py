@@ -86,6 +86,22 @@ def test_held_out_loss_is_deterministic_and_size_weighted():
     assert abs(loss(64).loss - loss(40).loss) / loss(64).loss < 0.05
 
 
+@pytest.mark.parametrize(
+    ("decoder", "loss"), [("factorized", "bce"), ("autoregressive", "logistic_mixture")]
+)
+def test_decoding_in_smaller_batches_gives_the_same_held_out_loss_bit_for_bit(decoder, loss):
+    config = VAEConfig(latent_dim=4, arch="fast", decoder=decoder, likelihood=loss)
+    model = seeded_model(config, 0)
+    images = torch.round(_images() * 255) / 255
+
+    def parts(decode_batch: int) -> LossParts:
+        return held_out_loss(model, images, loss, 0, batch_size=40, decode_batch=decode_batch)
+
+    whole = parts(40)  # each noise batch decoded at once: the figure as first defined
+    assert parts(7) == whole and parts(16) == whole
+    assert held_out_loss(model, images, loss, 1, batch_size=40) != whole  # other noise
+
+
 def test_the_plan_is_what_runs_on_one_process_on_the_cpu():
     plan = plan_training(TrainParams(batch_size=128, lr=3e-3, device="cpu"), Cluster(), 60_000)
     assert (plan.batch_size, plan.lr, plan.effective_batch_size) == (128, 3e-3, 128)

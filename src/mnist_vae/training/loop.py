@@ -43,7 +43,13 @@ from ..progress import progress_bar
 from . import distributed
 from .checkpoint import Checkpoint
 from .distributed import Cluster
-from .losses import LossParts, negative_elbo
+from .losses import (
+    LossParts,
+    batch_means,
+    kl_to_standard_normal,
+    negative_elbo,
+    reconstruction_error,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -190,17 +196,34 @@ def _per_image(sums: torch.Tensor, n: int) -> LossParts:
 
 @torch.no_grad()
 def held_out_loss(
-    model: ConvVAE, images: torch.Tensor, loss: str, seed: int, batch_size: int = 1000
+    model: ConvVAE,
+    images: torch.Tensor,
+    loss: str,
+    seed: int,
+    batch_size: int = 1000,
+    decode_batch: int = 125,
 ) -> LossParts:
     """Single-sample negative ELBO and its parts, averaged over ``images`` (the per-epoch
-    test figure; the evaluate stage's fuller measures are in ``metrics``)."""
+    test figure; the evaluate stage's fuller measures are in ``metrics``).
+
+    The noise is drawn for ``batch_size`` images at a time, which fixes the figure; the
+    codes are decoded ``decode_batch`` at a time, which does not change it (the decoder
+    treats each image alone; the tests check it bit for bit) and halves the time on a CPU,
+    whose caches a thousand images' pixel rows overflow (5.1 s -> 2.5 s on the 10,000 test
+    digits, 2-core Xeon)."""
     model.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
     sums = torch.zeros(3, dtype=torch.float64)
     for index, size in batches(len(images), batch_size):
         x = images[index]
-        parts = negative_elbo(model(x, generator), x, loss)
-        sums += torch.stack(parts).double().cpu() * size
+        mean, logvar = model.encode(x)
+        z = model.reparameterize(mean, logvar, generator)
+        recon = [
+            reconstruction_error(model.decode(z[part], x[part]), x[part], loss)
+            for part, _ in batches(size, decode_batch)
+        ]
+        elbo = batch_means(torch.cat(recon), kl_to_standard_normal(mean, logvar))
+        sums += torch.stack(elbo).double().cpu() * size
     return _per_image(sums, len(images))
 
 

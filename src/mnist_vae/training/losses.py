@@ -57,8 +57,16 @@ def reconstruction_error(decoded: torch.Tensor, x: torch.Tensor, loss: str) -> t
 
 def negative_elbo(output: VAEOutput, x: torch.Tensor, loss: str) -> LossParts:
     """Mean over the batch of reconstruction + KL, with both parts (tensors)."""
-    rec = reconstruction_error(output.decoded, x, loss).mean()
-    kl = kl_to_standard_normal(output.mean, output.logvar).mean()
+    return batch_means(
+        reconstruction_error(output.decoded, x, loss),
+        kl_to_standard_normal(output.mean, output.logvar),
+    )
+
+
+def batch_means(recon: torch.Tensor, kl: torch.Tensor) -> LossParts:
+    """The negative ELBO's parts from per-image reconstruction and KL terms (``[N]`` each):
+    their means over the batch."""
+    rec, kl = recon.mean(), kl.mean()
     return LossParts(rec + kl, rec, kl)
 
 
