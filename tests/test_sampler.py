@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -59,3 +62,17 @@ def test_more_components_than_training_images_is_refused_before_training():
     check_sampler(50, 50)
     with pytest.raises(ParamsError, match=r"model\.sampler_components = 50 needs at least"):
         check_sampler(50, 49)
+
+
+def test_the_served_model_and_the_lossy_codec_load_without_scikit_learn():
+    """Only fitting needs scikit-learn (0.8 s to import): a server or a stage that only
+    reads codes does not pay for it."""
+    code = (
+        "import sys\n"
+        "import mnist_vae.compression.lossy, mnist_vae.tracking.serving_model\n"
+        "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr

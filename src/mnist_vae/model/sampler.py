@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 
 from ..data import batches
 from ..errors import ParamsError
@@ -50,6 +49,10 @@ def fit_sampler(model: ConvVAE, images: torch.Tensor, seed: int) -> float:
     components = model.config.sampler_components
     if not components:
         raise ValueError("the model was built without a sampler (sampler_components = 0)")
+    # Imported here: scikit-learn takes 0.8 s to load, and only the train stage fits; the
+    # served model, the CLI and the lossy codec's stages import this module for the codes.
+    from sklearn.mixture import GaussianMixture
+
     codes = posterior_means(model, images)
     mixture = GaussianMixture(components, covariance_type="full", random_state=seed)
     mixture.fit(codes)
