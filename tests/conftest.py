@@ -29,6 +29,22 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(share)
 
 
+# The end-to-end files, longest first, in the order pytest-xdist deals them out (pyproject's
+# addopts: --dist loadfile --no-loadscope-reorder): each worker starts one of the two
+# longest and takes the next file when its own is nearly done; the unit files, many and
+# short, come last and even out the ends.
+E2E_ORDER = ["test_pipeline.py", "test_train_stage.py", "test_shared_tracking.py",
+             "test_portability.py"]  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return E2E_ORDER.index(name) if name in E2E_ORDER else len(E2E_ORDER)
+
+    items.sort(key=rank)  # stable: the order within a file, and of the unit files, is kept
+
+
 def idx_bytes(array: torch.Tensor) -> bytes:
     """Encode a uint8 tensor as an IDX file (the format of the MNIST files)."""
     header = struct.pack(">HBB", 0, 0x08, array.dim()) + struct.pack(
