@@ -3,7 +3,8 @@ codecs over their quality sweeps (``baselines.measure_lossy``), on the same imag
 
 Every rate is the length of bytes actually produced (ours: the whole-set file with its
 header, and the sum of the per-image streams); every distortion is measured on the
-images decoded from those bytes (``distortion``).
+images decoded from those bytes (``distortion``'s PSNR and SSIM, through a ``reference``
+that does the originals' share of SSIM once per sweep).
 
 PCA is the linear code a VAE should beat: principal components of the training images,
 each image's coefficients quantized on a grid of one step for all components (for a
@@ -28,8 +29,9 @@ from ..images import load_strip
 from ..params import LEARNED_CODECS
 from .baselines import lossy_round_trip
 from .curves import COLUMNS, OURS, SHOWN, decoded_strip, point
-from .distortion import distortion, psnr
+from .distortion import psnr
 from .lossy import MAX_RATE, FactorizedCoder, LossyCodec
+from .reference import Reference
 
 SIDE = 28
 
@@ -43,17 +45,17 @@ def ours(
     codec: LossyCodec, images: np.ndarray, entropy: str | None = None, progress: Callable = iter
 ) -> pd.DataFrame:
     """Every rate level: the whole-set file and the per-image streams, both decoded again."""
-    rows = []
+    rows, reference = [], Reference(images)
     for rate in progress(range(MAX_RATE + 1)):
         setting = f"rate {rate}"
         whole = codec.compress(images, rate, entropy)
         decoded = codec.decompress(whole)
-        quality = distortion(images, decoded)
+        quality = reference.distortion(decoded)
         rows.append(point(OURS, "whole set", setting, len(whole), len(images), quality))
         streams = codec.compress_each(images, rate, entropy)
         each = codec.decompress_each(streams)  # the same codes: the same pictures, checked
         if not np.array_equal(each, decoded):
-            quality = distortion(images, each)
+            quality = reference.distortion(each)
         rows.append(point(OURS, "per image", setting, sum(map(len, streams)), len(images), quality))
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -102,18 +104,18 @@ def pca_curve(train: np.ndarray, images: np.ndarray, progress: Callable = iter) 
     is chosen by bits and PSNR, so SSIM is measured for its points only (each decoded
     again: the round trip is deterministic)."""
     pca = PCA.fit(train, max(PCA_COMPONENTS))
-    rows, settings = [], {}
+    rows, settings, reference = [], {}, Reference(images)
     for k in progress(PCA_COMPONENTS):
         for step in PCA_STEPS:
             size, decoded = pca.round_trip(images, k, step)
             setting = f"{k} components, step {step:.4g}"
             settings[setting] = k, step
-            quality = {"psnr": psnr(images, decoded), "ssim": np.nan}
+            quality = {"psnr": reference.psnr(decoded), "ssim": np.nan}
             rows.append(point("PCA", "whole set", setting, size, len(images), quality))
     curve = envelope(pd.DataFrame(rows, columns=COLUMNS))
     for i, setting in curve["setting"].items():
         _, decoded = pca.round_trip(images, *settings[setting])
-        curve.loc[i, "ssim"] = distortion(images, decoded)["ssim"]
+        curve.loc[i, "ssim"] = reference.ssim(decoded)
     return curve
 
 
