@@ -86,17 +86,26 @@ class PCA:
             np.ones(1), np.zeros((1, k)), d[None], step, 8 * float(d.max())
         )
 
-    def round_trip(self, images: np.ndarray, k: int, step: float) -> tuple[int, np.ndarray]:
-        """The bytes of one stream of every image's quantized coefficients, and the images
-        decoded from them (8-bit)."""
+    def project(self, images: np.ndarray, k: int) -> np.ndarray:
+        """The coefficients of 8-bit ``images`` on the first ``k`` components, ``[N, k]``."""
         x = images.reshape(len(images), -1).astype(np.float64) / 255
+        return (x - self.mean) @ self.components[:k].T
+
+    def round_trip(
+        self, images: np.ndarray, k: int, step: float, coefficients: np.ndarray | None = None
+    ) -> tuple[int, np.ndarray]:
+        """The bytes of one stream of every image's quantized coefficients, and the images
+        decoded from them (8-bit). ``coefficients``: ``project(images, k)``, when a sweep
+        over steps has them already."""
         coder = self.coder(k, step)
-        codes = coder.quantize((x - self.mean) @ self.components[:k].T, step)
-        words = coder.encode(codes)
+        if coefficients is None:
+            coefficients = self.project(images, k)
+        words = coder.encode(coder.quantize(coefficients, step))
         decoded_codes = coder.decode(words, len(images))
         pixels = self.mean + coder.values(decoded_codes) @ self.components[:k]
-        decoded = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)
-        return 4 * len(words), decoded.reshape(images.shape)
+        pixels *= 255  # in place: the arrays are 63 MB each for the test set
+        np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels)
+        return 4 * len(words), pixels.astype(np.uint8).reshape(images.shape)
 
 
 def pca_curve(train: np.ndarray, images: np.ndarray, progress: Callable = iter) -> pd.DataFrame:
@@ -106,8 +115,9 @@ def pca_curve(train: np.ndarray, images: np.ndarray, progress: Callable = iter) 
     pca = PCA.fit(train, max(PCA_COMPONENTS))
     rows, settings, reference = [], {}, Reference(images)
     for k in progress(PCA_COMPONENTS):
+        coefficients = pca.project(images, k)  # the same for every step
         for step in PCA_STEPS:
-            size, decoded = pca.round_trip(images, k, step)
+            size, decoded = pca.round_trip(images, k, step, coefficients)
             setting = f"{k} components, step {step:.4g}"
             settings[setting] = k, step
             quality = {"psnr": reference.psnr(decoded), "ssim": np.nan}
