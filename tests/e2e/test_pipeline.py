@@ -253,9 +253,10 @@ def _run_notebook(project: Path, env: dict[str, str], extra_cell: str) -> list[s
         # The per-cell timeout also bounds a stall: now and then the client misses the
         # socket's wake-up for a reply that has arrived, and pyzmq's poll finds it only when
         # the timeout fires (no error). With 300 s, CI runs took 307 and 607 s here, each
-        # gap exactly 300 s from the cell's start; a cell itself takes under 5 s.
+        # gap exactly 300 s from the cell's start; with 60 s, 67 s (a gap of 60.0 s). A cell
+        # itself takes under 5 s (the first, which loads the model: 4.8 s in CI).
         NotebookClient(
-            notebook, timeout=60, kernel_name="python3",
+            notebook, timeout=30, kernel_name="python3",
             resources={"metadata": {"path": str(project / "notebooks")}},
         ).execute()  # fmt: skip
     finally:
