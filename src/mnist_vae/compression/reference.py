@@ -29,8 +29,9 @@ from torchmetrics.functional.image.ssim import _gaussian_kernel_2d
 from .distortion import BATCH, _batches, psnr
 
 # torchmetrics' defaults, with the data range of 8-bit pixels (``distortion``).
-_SIGMA, _KERNEL, _K1, _K2, _DATA_RANGE = 1.5, 11, 0.01, 0.03, 255.0
-_PAD = (int(3.5 * _SIGMA + 0.5) * 2 + 1 - 1) // 2  # the Gaussian window's half width: 5
+_SIGMA, _K1, _K2, _DATA_RANGE = 1.5, 0.01, 0.03, 255.0
+_KERNEL = int(3.5 * _SIGMA + 0.5) * 2 + 1  # the Gaussian window's side, as torchmetrics sets it
+_PAD = _KERNEL // 2
 _C1, _C2 = pow(_K1 * _DATA_RANGE, 2), pow(_K2 * _DATA_RANGE, 2)
 
 
