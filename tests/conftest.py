@@ -34,7 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # longest and takes the next file when its own is nearly done; the unit files, many and
 # short, come last and even out the ends.
 E2E_ORDER = ["test_pipeline.py", "test_train_stage.py", "test_shared_tracking.py",
-             "test_portability.py"]  # fmt: skip
+             "test_portability.py", "test_training_matrix.py"]  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CodecError
+from ..invariant import pinned_arithmetic
 from ..model.sampler import posterior_means
 from ..model.vae import ConvVAE, load_model
 from ..params import MAX_RATE, LossyParams
@@ -526,6 +527,7 @@ class LossyCodec:
         return setting, self.coder(setting).decode_one(data[STREAM_HEADER:])
 
 
+@pinned_arithmetic()  # the same bits on any number of threads (invariant.py)
 def fit_lossy_decoder(
     model: ConvVAE,
     images: torch.Tensor,

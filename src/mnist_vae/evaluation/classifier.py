@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import batches
+from ..invariant import pinned_arithmetic
 from ..model.folder import load_module, save_model_folder
 from ..progress import progress_bar
 
@@ -69,6 +70,7 @@ class FeatureExtractor(nn.Module):
         return self.classifier.features(x)
 
 
+@pinned_arithmetic()  # the same bits on any number of threads (invariant.py)
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,

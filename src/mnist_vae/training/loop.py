@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from ..data import batches
 from ..errors import ParamsError, TrainingDiverged
+from ..invariant import pinned_arithmetic
 from ..model.vae import ConvVAE, VAEConfig, VAEOutput, build_model
 from ..params import SCHEDULES, Params, TrainParams
 from ..progress import progress_bar
@@ -284,6 +285,7 @@ def train_epoch(
     return _per_image(sums.cpu(), len(order))
 
 
+@pinned_arithmetic()  # the same bits on any number of threads (invariant.py)
 def fit(
     model: ConvVAE,
     train_images: torch.Tensor,

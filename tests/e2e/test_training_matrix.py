@@ -1,0 +1,27 @@
+"""Every part the pipeline trains gives the same bits on 1, 2, 3 and 4 threads, each thread
+count in a new process (``python -m mnist_vae.reproducibility``), on a slice of MNIST."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mnist_vae import CPU_KERNELS, reproducibility
+from mnist_vae.data import download_mnist
+from mnist_vae.environment import PINNED
+
+pytestmark = pytest.mark.slow
+
+INVARIANT = list(reproducibility.PARTS)
+"""CompressAI's learned codecs are not yet: a transposed convolution's forward pass (oneDNN)
+rounds otherwise on 3 threads than on 1, 2 and 4 (docs: Reproducibility)"""
+
+
+@pytest.mark.skipif(CPU_KERNELS != PINNED, reason="the claim is the pinned kernels'")
+def test_every_part_trains_to_the_same_bits_on_one_to_four_threads(mnist_mirror, tmp_path):
+    data = download_mnist(tmp_path / "mnist", [str(mnist_mirror)], progress=False)
+    table = reproducibility.matrix(data, 512, INVARIANT)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print("\n" + table.to_string(index=False))
+    assert list(table["part"]) == INVARIANT
+    assert (table["outcome"] == "same bits").all(), table
