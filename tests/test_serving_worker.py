@@ -4,6 +4,9 @@ Measured under load by bench/load.py; here, what each piece promises."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -136,3 +139,29 @@ def test_draw_refuses_a_mode_that_is_not_a_picture(autoregressive):
 
     with pytest.raises(ValueError, match="'compress' is not one of"):
         draw(load_model(autoregressive), "compress")
+
+
+_HOLDER = """
+import os, sys, time
+from mnist_vae.tracking.serving_worker import PictureProcesses
+pictures = PictureProcesses(sys.argv[1], 2)
+print(" ".join(str(p.pid) for p in pictures._pool._processes.values()), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGSEGV"])
+def test_picture_processes_end_with_the_worker_that_started_them(autoregressive, how):
+    """A worker killed (SIGKILL: no clean-up runs), stopped (SIGTERM, whose default action
+    ends it as abruptly) or crashed (SIGSEGV) leaves none of its picture processes behind:
+    each sees it is orphaned and exits within a second."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(autoregressive)], stdout=subprocess.PIPE, text=True
+    )
+    children = [psutil.Process(int(pid)) for pid in holder.stdout.readline().split()]
+    assert len(children) == 2 and all(child.is_running() for child in children)
+    holder.send_signal(getattr(signal, how))
+    holder.wait(timeout=30)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"picture processes left after the worker's {how}: {alive}"
+    assert len(gone) == 2

@@ -133,17 +133,7 @@ def server(command: list[str], ready_url: str, cwd: Path, env: dict[str, str]):
             start_new_session=True,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"server exited:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(ready_url, timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
-            time.sleep(0.5)
+        wait_for(ready_url, process, log)
         yield process
     finally:
         if process.poll() is None:  # a test may have killed it already
@@ -153,6 +143,22 @@ def server(command: list[str], ready_url: str, cwd: Path, env: dict[str, str]):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def wait_for(ready_url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    """Wait until ``ready_url`` answers 200 (the server's output, in ``log``, if it never does
+    or exits first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, f"server exited:\n{log.read_text()}"
+        try:
+            with urllib.request.urlopen(ready_url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
+        time.sleep(0.5)
 
 
 def kill_group(process: subprocess.Popen) -> None:

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import harness
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 import yaml
@@ -460,6 +462,62 @@ def test_the_server_answers_1000_mixed_requests_from_8_clients_without_growing(p
         print(f"server RSS {before} KiB before, {after} KiB after 1000 mixed requests")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=10) as answer:
             assert answer.status == 200
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _picture_processes(worker: psutil.Process) -> list[psutil.Process]:
+    return [child for child in worker.children() if "multiprocessing" in " ".join(child.cmdline())]
+
+
+def _gone_within(processes: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+    """Those of ``processes`` still running after ``seconds`` (none is the goal)."""
+    _, alive = psutil.wait_procs(processes, timeout=seconds)
+    return alive
+
+
+@pytest.mark.parametrize("stop", ["workers killed and crashed, then SIGTERM", "SIGINT"])
+def test_a_stopped_server_leaves_no_process_behind(project, stop):
+    """``mlflow models serve --workers 2`` as the README starts it, stopped as a supervisor,
+    ``kill`` or Ctrl-C stop it (a signal to the ``mlflow`` process alone, not to its group),
+    or with a worker killed (SIGKILL) and another crashed (SIGSEGV): every picture process of a
+    worker that ended is gone within 10 s, and after the server's stop, every process of it."""
+    project, env, _ = project
+    port = harness.free_port()
+    log = project / f"server-stop-{stop.split()[0]}.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            ["mlflow", "models", "serve", "-m", "models:/mnist-vae/latest", "--env-manager",
+             "local", "--port", str(port), "--workers", "2"],
+            cwd=project, env=harness.store_env(project, env), stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        harness.wait_for(f"http://127.0.0.1:{port}/ping", server, log)
+        workers = [p for p in _descendants(server.pid) if _picture_processes(p)]
+        assert len(workers) == 2, [p.cmdline() for p in _descendants(server.pid)]
+        if stop == "SIGINT":
+            everything = _descendants(server.pid)
+            server.send_signal(signal.SIGINT)
+        else:
+            for worker, how in zip(workers, (signal.SIGKILL, signal.SIGSEGV), strict=True):
+                pictures = _picture_processes(worker)
+                worker.send_signal(how)
+                left = _gone_within(pictures, 10)
+                assert not left, f"{how.name}: picture processes left {left}"
+            everything = _descendants(server.pid)
+            server.send_signal(signal.SIGTERM)
+        left = _gone_within(everything, 10)
+        assert not left, [(p.pid, p.cmdline()) for p in left]
+        server.wait(timeout=10)
+    finally:
+        if server.poll() is None or _descendants(server.pid):
+            harness.kill_group(server)
 
 
 def test_a_forced_repro_gives_byte_identical_outputs(project):

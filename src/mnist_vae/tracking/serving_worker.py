@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -38,6 +39,8 @@ REQUEST_THREADS = 64
 SERVED_MODEL_VARIABLE = "__pyfunc_model_path__"
 """Set by ``mlflow models serve`` for its workers (``scoring_server._SERVER_MODEL_PATH``)."""
 PICTURE_MODES = ("decode", "reconstruct", "sample")
+PARENT_POLL_SECONDS = 0.5
+"""how often a picture process checks that the worker that started it is still there"""
 logger = logging.getLogger(__name__)
 
 
@@ -102,7 +105,13 @@ class PictureProcesses:
     each with the model from ``folder`` and one torch thread: the same pictures, bit for
     bit, as ``draw`` gives in one torch thread. Arrays go back and forth between processes this
     worker started, never from a client. A process that dies (killed, out of memory) is
-    replaced, and the request it held is drawn again once."""
+    replaced, and the request it held is drawn again once.
+
+    The processes end with the worker, however it ends (its server stopped with SIGTERM or
+    SIGINT, the worker killed or crashed): each watches its parent and exits within
+    ``PARENT_POLL_SECONDS`` of being orphaned. A pool's processes wait on a queue whose
+    both ends they hold, so they would otherwise wait for ever (issue 43: 2.2 GB of them
+    after every restart of a server with two workers)."""
 
     def __init__(self, folder: str | Path, processes: int) -> None:
         self.folder, self.processes = str(folder), processes
@@ -114,7 +123,7 @@ class PictureProcesses:
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),  # no forked torch state
             initializer=_load,
-            initargs=(self.folder,),
+            initargs=(self.folder, os.getpid()),
         )
         # every process started and its model loaded before the first request: as many
         # calls at once as processes makes the pool start them all
@@ -144,10 +153,27 @@ class PictureProcesses:
 _model: ConvVAE | None = None  # in a picture process: its model
 
 
-def _load(folder: str) -> None:
+def _load(folder: str, parent: int) -> None:
     global _model
+    exit_with(parent)
     torch.set_num_threads(1)  # one process per core
     _model = load_model(folder)
+
+
+def exit_with(parent: int) -> threading.Thread:
+    """End this process once ``parent`` has ended: a daemon thread checks every
+    ``PARENT_POLL_SECONDS`` that this process's parent is still ``parent`` (an orphan is
+    handed to init or a subreaper) and then exits at once, as a process with no one to
+    answer to has nothing to finish."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(0)
+
+    watcher = threading.Thread(target=watch, name="mnist-vae-parent-watch", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def _draw(mode: str, array: np.ndarray | None, n: int, seed: int) -> np.ndarray:
