@@ -12,16 +12,18 @@ from test_dvc_deps import PACKAGE_DIR, _dotted, package_imports
 
 LAYERS = [
     {"__init__", "errors", "files", "params", "environment", "progress", "stage", "images"},
+    {"invariant"},
     {"data"},
     {"model"},
     {"training"},
     {"compression"},
     {"evaluation"},
     {"tracking"},
-    {"cli"},
+    {"cli", "reproducibility"},
 ]
-"""bottom up: the foundations (torch-free but for images), the MNIST files, the networks,
-fitting them, the codecs, measuring, MLflow, the command line"""
+"""bottom up: the foundations (torch-free but for images), the thread-invariant arithmetic
+every training uses, the MNIST files, the networks, fitting them, the codecs, measuring,
+MLflow, the command line and the training matrix (which trains every part)"""
 
 
 def part(path: Path) -> str:

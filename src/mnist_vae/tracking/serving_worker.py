@@ -28,11 +28,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..model.vae import ConvVAE, load_model
+if TYPE_CHECKING:
+    from ..model.vae import ConvVAE
+# torch and the model are imported where they are used: a picture process imports this
+# module first, and it watches its parent from its first second, not after torch's import
+# (seconds on a loaded machine, during which a stopped server would leave it behind)
 
 REQUEST_THREADS = 64
 """A serving worker's request threads, unless ``MNIST_VAE_REQUEST_THREADS`` says otherwise."""
@@ -156,6 +160,10 @@ _model: ConvVAE | None = None  # in a picture process: its model
 def _load(folder: str, parent: int) -> None:
     global _model
     exit_with(parent)
+    import torch
+
+    from ..model.vae import load_model
+
     torch.set_num_threads(1)  # one process per core
     _model = load_model(folder)
 
@@ -180,17 +188,19 @@ def _draw(mode: str, array: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     return draw(_model, mode, array, n, seed)
 
 
-@torch.no_grad()
 def draw(
     model: ConvVAE, mode: str, array: np.ndarray | None = None, n: int = 0, seed: int = 0
 ) -> np.ndarray:
     """The pictures of one request, ``n x 28 x 28``, with ``model`` (see ``PictureProcesses``)."""
-    if mode == "decode":
-        images = model.mean_image(torch.from_numpy(array))
-    elif mode == "reconstruct":
-        images = model.reconstruct(torch.from_numpy(array))
-    elif mode == "sample":
-        images = model.sample(n, torch.Generator().manual_seed(seed))
-    else:
+    import torch
+
+    if mode not in PICTURE_MODES:
         raise ValueError(f"{mode!r} is not one of {PICTURE_MODES}")
+    with torch.no_grad():
+        if mode == "decode":
+            images = model.mean_image(torch.from_numpy(array))
+        elif mode == "reconstruct":
+            images = model.reconstruct(torch.from_numpy(array))
+        else:
+            images = model.sample(n, torch.Generator().manual_seed(seed))
     return images.squeeze(1).numpy()
