@@ -37,7 +37,6 @@ from compressai.models import (
 from compressai.models.utils import conv, deconv
 
 from ..errors import CodecError
-from ..invariant import pinned_arithmetic
 from ..params import LEARNED_CODECS, LearnedBaselinesParams
 
 SIDE = 28
@@ -112,7 +111,6 @@ class Training:
     """each epoch's mean loss, to see it level off"""
 
 
-@pinned_arithmetic()  # the same bits on any number of threads (invariant.py)
 def train(
     model: CompressionModel,
     images: np.ndarray,
