@@ -117,19 +117,19 @@ def test_the_integer_head_gives_the_same_parameters_a_position_at_a_time(model, 
 
 @pytest.fixture(scope="module")
 def codec(folder) -> BitsBackCodec:
-    return BitsBackCodec.from_folder(folder, batch=16)
+    return BitsBackCodec.from_folder(folder)
 
 
 def test_real_digits_come_back_exactly(codec, digits):
     data = codec.compress(digits)
-    assert Header.unpack(data)[0].batch == 16
+    assert Header.unpack(data)[0].batch == 500
     assert np.array_equal(codec.decompress(data), digits)
 
 
 def test_binarized_digits_code_with_an_autoregressive_bernoulli_model(tmp_path, digits):
     config = VAEConfig(latent_dim=4, likelihood="bce", decoder="autoregressive")
     save_model(seeded_model(config, 0), tmp_path)
-    codec = BitsBackCodec.from_folder(tmp_path, batch=16)
+    codec = BitsBackCodec.from_folder(tmp_path)
     binary = (digits[:20] > 127).astype(np.uint8)
     assert np.array_equal(codec.decompress(codec.compress(binary)), binary)
 

@@ -78,9 +78,25 @@ def test_compress_then_decompress_gives_every_pixel_back(workdir):
     done = _run("decompress", "d.mvae", "-o", "out", "--model", "model", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "d.mvae -> 6 images in out/"
+    assert done.stderr == ""  # no progress bar in a pipe
     for i, name in enumerate(_digits(workdir)):
         original = np.asarray(Image.open(workdir / name))
         assert np.array_equal(np.asarray(Image.open(workdir / "out" / f"{i:05d}.png")), original)
+
+
+def test_long_work_shows_progress_on_a_terminal_and_nothing_in_a_pipe(cli, workdir, monkeypatch):
+    digits = _digits(workdir)
+    quiet = cli("compress", *digits, "-o", "q.mvae", "--model", "model", "--force", cwd=workdir)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as a terminal
+    for args, stages in (
+        (["compress", *digits, "-o", "t.mvae"], ["reading", "compressing"]),
+        (["decompress", "t.mvae", "-o", "t"], ["decompressing", "writing"]),
+    ):
+        done = cli(*args, "--model", "model", "--force", cwd=workdir)
+        assert done.returncode == 0, done.stderr
+        for stage in stages:
+            assert f"\r{stage}:   0%|" in done.stderr and "0/6 [" in done.stderr, done.stderr
 
 
 def _fails(cli, workdir: Path, message: str, *args: str) -> None:

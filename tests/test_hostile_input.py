@@ -17,27 +17,31 @@ import struct
 import time
 import tracemalloc
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from mnist_vae.cli import main
-from mnist_vae.compression.container import HEADER_BYTES, MAX_GROUP, Header
+from mnist_vae.compression.container import HEADER_BYTES, Header
 from mnist_vae.compression.lossless import BitsBackCodec
 from mnist_vae.compression.lossy import LossyCodec
+from mnist_vae.data import to_float
 from mnist_vae.errors import CodecError
 from mnist_vae.model.vae import VAEConfig, save_model
+from mnist_vae.params import ModelParams, Params, TrainParams
 from mnist_vae.tracking.serving import VAEPyfunc
-from mnist_vae.training.loop import seeded_model
+from mnist_vae.training.loop import fit, seeded_model
 
 DIGITS = 3
-# A damaged file costs at most one coding group of garbage before a check fails: here under
-# a second for the factorized models and a few seconds for the autoregressive one (a group
-# of up to 500 images where 3 were written); the bound leaves room for a loaded machine.
+# A damaged file costs at most one coding group of garbage before a check fails, of at most
+# as many images as its words can hold (lossless.min_words): here well under a second for
+# the factorized models, a few for the autoregressive one; room for a loaded machine.
 SECONDS = 30
 DAMAGE = st.one_of(
     st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 7)),
@@ -171,22 +175,59 @@ def test_the_command_line_refuses_a_damaged_file_with_one_line(
         assert not (work / "out").exists()  # nothing half-written where a reader looks
 
 
-def test_a_header_of_huge_coding_groups_is_refused_before_decoding(lossless):
-    """A group is decoded whole before its words can be checked: a header may not ask for
-    more than MAX_GROUP images in one, however many it claims in all."""
-    codec, data, _, _ = lossless
+@pytest.fixture(scope="module", params=["factorized", "autoregressive"])
+def trained(request, tmp_path_factory, digits):
+    """A small model of each decoder trained for a moment (the posterior then fits the digits,
+    so bits-back refills the stack as on a real model), and its lossless file of 5 digits."""
+    decoder = request.param
+    config = VAEConfig(latent_dim=4, likelihood="logistic_mixture", decoder=decoder)
+    model = seeded_model(config, 0)
+    images = to_float(torch.from_numpy(np.tile(digits, (20, 1, 1))))
+    train = TrainParams(epochs=1, batch_size=20, device="cpu", lossy_decoder_epochs=0)
+    params = Params(latent_dim=4, model=ModelParams(decoder=decoder), train=train)
+    fit(model, images, images[:DIGITS], params, progress=False)
+    folder = tmp_path_factory.mktemp(f"trained-{decoder}")
+    save_model(model, folder)
+    codec = BitsBackCodec.from_folder(folder)
+    five = np.concatenate([digits, digits[:2]])
+    return codec, codec.compress(five), five
+
+
+def _claiming(data: bytes, count: int | None = None, batch: int | None = None) -> bytes:
     header, _ = Header.unpack(data)
-    for count, batch in ((10**9, 65_535), (3, MAX_GROUP + 1)):
-        forged = Header(
-            header.model_sha256, count, 28, 28, header.levels, batch, header.latent_bits,
-            header.checksum,
-        ).pack() + data[HEADER_BYTES:]  # fmt: skip
-        start = time.monotonic()
-        with pytest.raises(CodecError, match=f"at most {MAX_GROUP:,}"):
-            codec.decompress(forged)
-        assert time.monotonic() - start < 1
-    with pytest.raises(CodecError, match="coding groups of 1 to"):
-        BitsBackCodec(codec.model, codec.loss, codec.model_sha256, batch=MAX_GROUP + 1)
+    return (
+        replace(header, count=count or header.count, batch=batch or header.batch).pack()
+        + (data[HEADER_BYTES:])
+    )
+
+
+def test_a_header_claiming_a_billion_images_is_refused_at_once(trained):
+    """The words a file holds bound the images it may claim (at least min_words each): 10^9
+    images in a 5-digit file is refused before decoding, on either decoder."""
+    codec, data, _ = trained
+    start = time.monotonic()
+    with pytest.raises(CodecError, match=r"claims 1,000,000,000 images, more than the file"):
+        codec.decompress(_claiming(data, count=10**9))
+    assert time.monotonic() - start < 0.1
+
+
+@pytest.mark.parametrize("count", [1, 4, 6, 7, 10, 40])
+def test_a_plausible_wrong_count_is_refused_within_a_group(trained, count):
+    """A count the words could hold: the groups' sizes do not add up to the file, or the
+    first group decoded does not end where the file says; never the images of another count."""
+    codec, data, _ = trained
+    with pytest.raises(CodecError, match="damaged") as refusal:
+        codec.decompress(_claiming(data, count=count))
+    assert "\n" not in str(refusal.value)
+
+
+def test_other_coding_groups_than_the_models_are_refused_before_decoding(lossless):
+    """A group is decoded whole before its words can be checked, and an autoregressive group
+    costs 784 steps however few its images: a file's groups are its model's size, no other."""
+    codec, data, _, _ = lossless
+    for batch in (1, codec.batch - 1, codec.batch + 1, 65_535):
+        with pytest.raises(CodecError, match=f"groups of {batch:,} images"):
+            codec.decompress(_claiming(data, batch=batch))
 
 
 def _png(width: int, height: int, rows: bytes) -> bytes:

@@ -200,6 +200,18 @@ def test_streams_of_format_version_1_are_refused_with_one_line(codec, test_digit
         codec.decompress_each([bytes(stream)])
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_lossy_file_of_an_older_version_still_decodes(codec, test_digits, version):
+    """Version 4 bounded the lossless decoder; a lossy file was laid out and bounded (its
+    count by the words, its codes checked before any picture) as now."""
+    data = bytearray(codec.compress(test_digits[:5]))
+    assert data[4] == 4
+    data[4] = version
+    assert np.array_equal(
+        codec.decompress(bytes(data)), codec.decompress(bytes(data[:4]) + b"\x04" + bytes(data[5:]))
+    )
+
+
 def test_bad_images_and_rates_are_refused(codec, test_digits):
     with pytest.raises(CodecError, match="N x 28 x 28"):
         codec.compress(test_digits[:, :27])

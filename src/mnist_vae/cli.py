@@ -16,7 +16,8 @@ Pillow reads), sent in the order given; ``decompress`` writes ``00000.png``, ``0
 ... in that order. For a model trained on binarized digits every pixel must be 0 or 255.
 
 Bad input gets one line on stderr and exit status 1, and nothing half-written: outputs
-are written beside their destination and renamed into place when complete.
+are written beside their destination and renamed into place when complete. Where stderr is
+a terminal, each long step shows a bar there; in a pipe or a log, nothing.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from functools import partial
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from . import files
 from .errors import USER_ERRORS, CodecError
 from .params import MAX_RATE, LossyParams
+from .progress import progress_bar
 
 DEFAULT_MODEL = "data/model"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -88,6 +91,13 @@ def _refuse_existing(path: Path, force: bool) -> None:
         raise CodecError(f"{path} exists; pass --force to replace it")
 
 
+def _bar(what: str, total: int, iterable: Iterable | None = None) -> tqdm:
+    """A bar over ``total`` images on stderr where it is a terminal; nothing in a pipe or a
+    log. Iterate it (over ``iterable``) or ``update`` it."""
+    return progress_bar(sys.stderr.isatty(), total=total, iterable=iterable, desc=what,
+                        unit=" images")  # fmt: skip
+
+
 def compress(
     inputs: list[Path], output: Path, model: str, force: bool, rate: int | None = None
 ) -> str:
@@ -98,15 +108,18 @@ def compress(
     _refuse_existing(output, force)
     with tempfile.TemporaryDirectory() as scratch:
         folder = resolve_model(model, Path(scratch))
-        if rate is None:
-            codec = BitsBackCodec.from_folder(folder)
-            levels, encode = codec.levels, codec.compress
-        else:
-            codec = LossyCodec.from_folder(folder)
-            levels, encode = 256, partial(codec.compress, rate=rate)
+        codec = (
+            BitsBackCodec.from_folder(folder) if rate is None else LossyCodec.from_folder(folder)
+        )
+        levels = codec.levels if rate is None else 256
         shape = codec.model.image_shape[1:]
-        images = np.stack([read_image(path, levels, shape) for path in inputs])
-        data = encode(images)
+        with _bar("reading", len(inputs), inputs) as paths:
+            images = np.stack([read_image(path, levels, shape) for path in paths])
+        if rate is None:
+            with _bar("compressing", len(images)) as bar:
+                data = codec.compress(images, progress=bar.update)
+        else:  # a few milliseconds per thousand digits
+            data = codec.compress(images, rate=rate)
     files.write_bytes(output, data)
     bits = 8 * len(data) / images.size
     mode = "lossless" if rate is None else f"lossy, rate {rate}"
@@ -134,9 +147,11 @@ def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
             images, scale = LossyCodec.from_folder(folder).decompress(data), 1
         else:
             codec = BitsBackCodec.from_folder(folder)
-            images, scale = codec.decompress(data), 255 if codec.levels == 2 else 1
-    with files.replaced_folder(output) as staging:
-        for i, image in enumerate(images):
+            with _bar("decompressing", Header.unpack(data)[0].count) as bar:
+                images = codec.decompress(data, progress=bar.update)
+            scale = 255 if codec.levels == 2 else 1
+    with files.replaced_folder(output) as staging, _bar("writing", len(images), images) as bar:
+        for i, image in enumerate(bar):
             Image.fromarray(image * np.uint8(scale)).save(staging / f"{i:05d}.png")
     return f"{stream} -> {len(images)} images in {output}/"
 

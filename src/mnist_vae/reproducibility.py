@@ -10,9 +10,7 @@ more than this machine's cores, which changes nothing but the time.
     python -m mnist_vae.reproducibility --limit 512          # every part, 1 to 4 threads
     python -m mnist_vae.reproducibility --parts lossy_decoder --threads 1 3
 
-Exit status 1 when any part's weights differ between thread counts: today CompressAI's two
-codecs, whose training does not run in ``invariant``'s arithmetic yet (with it, they are the
-same on 1 to 4 threads too; adopting it retrains the learned_baselines stage). The parts train for a
+Exit status 1 when any part's weights differ between thread counts. The parts train for a
 few steps at the pipeline's batch sizes (not its lengths): a reduction whose order depends
 on the threads changes the first step's gradient already.
 """

@@ -12,17 +12,12 @@ from mnist_vae.environment import PINNED
 
 pytestmark = pytest.mark.slow
 
-INVARIANT = [part for part in reproducibility.PARTS if not part.startswith("learned_")]
-"""CompressAI's codecs train without the thread-invariant arithmetic so far: with it they
-train to the same bits on 1 to 4 threads too (measured), but adopting it retrains the
-learned_baselines stage (40 minutes), not yet done (docs: Reproducibility)"""
-
 
 @pytest.mark.skipif(CPU_KERNELS != PINNED, reason="the claim is the pinned kernels'")
 def test_every_part_trains_to_the_same_bits_on_one_to_four_threads(mnist_mirror, tmp_path):
     data = download_mnist(tmp_path / "mnist", [str(mnist_mirror)], progress=False)
-    table = reproducibility.matrix(data, 256, INVARIANT)
+    table = reproducibility.matrix(data, 256, list(reproducibility.PARTS))
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print("\n" + table.to_string(index=False))
-    assert list(table["part"]) == INVARIANT
+    assert list(table["part"]) == list(reproducibility.PARTS)
     assert (table["outcome"] == "same bits").all(), table

@@ -9,16 +9,20 @@ The file format (all integers little-endian):
 | offset | size | field |
 | --- | --- | --- |
 | 0 | 4 | magic ``MVAE`` |
-| 4 | 1 | format version (3; 2 is read too; 1 was the floating-point codec, refused) |
+| 4 | 1 | format version (4; see ``READABLE`` for the older ones still read) |
 | 5 | 1 | mode (0: lossless bits-back; 1, 2: lossy, see ``lossy``) |
 | 6 | 32 | sha256 of the model's weights file |
 | 38 | 4 | number of images |
 | 42 | 2, 2 | image height, width |
 | 46 | 2 | values per pixel (256: 8-bit grey; 2: binary) |
-| 48 | 2 | images per coding group (the largest; see ``lossless``): at most ``MAX_GROUP`` |
+| 48 | 2 | images per coding group (the largest; lossless: the model's, see ``lossless``) |
 | 50 | 1 | latent grid: ``LATENT_BITS`` (lossy: the rate level) |
 | 51 | 8 | first 8 bytes of the sha256 of the original pixels (lossy: of the codes) |
-| 59 | 4 x n | the ANS words (``uint32``) to the end of the file |
+| 59 | 4 x n | the words (``uint32``) to the end of the file |
+
+A lossless file's words start with one per coding group, the words that group adds to the
+ANS stack, then the stack itself; a lossy file's are the stack alone. Both bound a
+decoder's work by the file's size (``lossless``, ``lossy``).
 """
 
 from __future__ import annotations
@@ -34,22 +38,23 @@ from ..errors import CodecError
 from ..model.folder import WEIGHTS_FILE
 
 MAGIC = b"MVAE"
-VERSION = 3
+VERSION = 4
 """1: probabilities from the floating-point network (decoded only where written); 2: from
 integer arithmetic (``fixed_point``), the same on every platform; 3: also written by
-autoregressive models (the pixels position by position). A factorized model's version-3
-stream is laid out as version 2 was, so version 2 is read too."""
-READABLE = (2, 3)
+autoregressive models (the pixels position by position); 4: a lossless file carries the
+words of each coding group and a floor on each image's words, which bound the work of
+decoding it by its size. A lossy file of version 2 or 3 is laid out as version 4 and
+already bounded, so it is read too; a lossless one is not (``RELEASE_THAT_READS``)."""
 LOSSLESS = 0
 LOSSY_MIXTURE = 1  # the quantized code under the fitted mixture's marginals (lossy.py)
 LOSSY_PRIOR = 2  # the quantized code under the prior N(0, I)
 MODES = {LOSSLESS: "lossless", LOSSY_MIXTURE: "lossy", LOSSY_PRIOR: "lossy (prior)"}
+READABLE = {LOSSLESS: (4,), LOSSY_MIXTURE: (2, 3, 4), LOSSY_PRIOR: (2, 3, 4)}
+"""the versions of each mode this release decodes"""
+RELEASE_THAT_READS = {1: "0.1", 2: "0.2", 3: "0.2"}
+"""the last mnist-vae release that decodes a version this one refuses"""
 LATENT_RANGE = 8  # the grid covers +-8 prior standard deviations
 BATCH = 100  # images per coding group (and network pass)
-# The most images a coding group may hold: a decoder works through a whole group (and holds
-# its frequency tables) before its first check of the words can fail, so a header's group
-# size bounds what a damaged or hostile file costs. The writers use 100 and 500.
-MAX_GROUP = 1000
 _HEADER = struct.Struct("<4sBB32sIHHHHB8s")
 HEADER_BYTES = _HEADER.size
 
@@ -86,25 +91,33 @@ class Header:
         _, version, mode, model, count, h, w, levels, batch, bits, pixels = _HEADER.unpack(
             data[:HEADER_BYTES]
         )
-        if version not in READABLE:
-            old = " (before portable decoding: read it with mnist-vae 0.1)" if version == 1 else ""
-            raise CodecError(
-                f"format version {version}{old}; this mnist-vae reads versions "
-                f"{' and '.join(map(str, READABLE))}"
-            )
         if mode not in MODES:
             raise CodecError(f"unknown coding mode {mode} (damaged file?)")
+        if version not in READABLE[mode]:
+            raise CodecError(unreadable(version, mode))
         body = data[HEADER_BYTES:]
         if len(body) % 4 or not body:
             raise CodecError("the file is truncated: its coder words are incomplete")
         if min(count, h, w, batch) < 1 or levels < 2:
             raise CodecError("the header is damaged: a size is zero")
-        if batch > MAX_GROUP:
-            raise CodecError(
-                f"the header is damaged: coding groups of {batch:,} images (at most {MAX_GROUP:,})"
-            )
         words = np.frombuffer(body, dtype="<u4").astype(np.uint32)
         return cls(model, count, h, w, levels, batch, bits, pixels, mode), words
+
+
+def unreadable(version: int, mode: int) -> str:
+    """One line on why a file of ``version`` in ``mode`` is refused, naming what reads it."""
+    reads = " and ".join(map(str, READABLE[mode]))
+    if version in RELEASE_THAT_READS:
+        why = {
+            1: "before portable decoding",
+            2: "a lossless file without a bound on its decoding work",
+            3: "a lossless file without a bound on its decoding work",
+        }[version]
+        return (
+            f"format version {version} ({why}: read it with mnist-vae "
+            f"{RELEASE_THAT_READS[version]}); this mnist-vae reads {MODES[mode]} version {reads}"
+        )
+    return f"format version {version}; this mnist-vae reads {MODES[mode]} version {reads}"
 
 
 def check_model(written_with: bytes, model_sha256: bytes) -> None:

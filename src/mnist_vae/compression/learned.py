@@ -37,6 +37,7 @@ from compressai.models import (
 from compressai.models.utils import conv, deconv
 
 from ..errors import CodecError
+from ..invariant import pinned_arithmetic
 from ..params import LEARNED_CODECS, LearnedBaselinesParams
 
 SIDE = 28
@@ -111,6 +112,7 @@ class Training:
     """each epoch's mean loss, to see it level off"""
 
 
+@pinned_arithmetic()  # the same bits on any number of threads (invariant.py)
 def train(
     model: CompressionModel,
     images: np.ndarray,
@@ -124,7 +126,8 @@ def train(
     """Train ``model`` on uint8 digits ``[N, 28, 28]`` for ``epochs`` with Adam at ``lr``
     (cosine-decayed to 0 over all steps) and the usual second optimizer for the entropy
     bottleneck's quantiles (its ``aux_loss``); ``progress`` wraps each epoch's batches.
-    Seeded: the same inputs give the same weights on the same machine and threads."""
+    Seeded: the same inputs give the same weights on the same machine, on any number of
+    threads."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     side = padded_side(model)

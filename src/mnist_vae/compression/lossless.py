@@ -39,9 +39,22 @@ pixel head runs in integers like the rest, and a position's integers are the sam
 whether computed with the whole image or a step at a time (the sums are exact), so the
 two sides agree. Its groups are larger (``AUTOREGRESSIVE_BATCH``): fewer steps.
 
-Images are coded in groups that grow from one image, doubling up to the header's group
-size: a group's latents are popped before its pixels are pushed, so the grouping is part
-of the stream; the network computes the same integers however it is batched.
+Images are coded in groups that grow from one image, doubling up to the model's group
+size (``BATCH``, ``AUTOREGRESSIVE_BATCH``): a group's latents are popped before its pixels
+are pushed, so the grouping is part of the stream; the network computes the same integers
+however it is batched.
+
+**A decoder's work is bounded by the file's size.** Bits-back decoding pushes each group's
+latents back onto the stack it pops from, so garbage words never run out: a header that
+lies about its count could keep a decoder busy for ever. So a file lists the words each
+coding group adds to the stack, and every group adds at least ``MIN_SHARE`` of its images'
+raw pixel bits (the encoder pads a group that the model codes in fewer: in practice only
+blank or near-blank pictures). A decoder checks the list against the header and the file's
+length before decoding anything (a count the words cannot hold is refused at once: at most
+one image per ``min_words``), and the stack's size at the end of every group, so a lie is
+found within the first group it touches; and it reads groups of its model's size only. The
+work of decoding a file of B bytes is thus at most that of about B / (4 ``min_words``)
+images: twice the digits a valid file of B bytes holds.
 
 The file format is ``container``'s.
 """
@@ -49,7 +62,7 @@ The file format is ``container``'s.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +79,6 @@ from .container import (
     BATCH,
     LATENT_RANGE,
     LOSSLESS,
-    MAX_GROUP,
     MODES,
     Header,
     pixels_digest,
@@ -83,6 +95,13 @@ PUSH_ROWS = 16384
 AUTOREGRESSIVE_BATCH = 500
 """an autoregressive model decodes a group's images a position at a time, 784 steps per
 group: larger groups make fewer steps"""
+MIN_SHARE = 12
+"""every image costs at least 1/12 of its raw pixel bits (``min_words``: 64 bytes for a grey
+28 x 28 digit, whose model codes it in about 110; 8 for a binary one)"""
+PAD_LEVELS = 1 << 16
+PAD = constriction.stream.model.Uniform(PAD_LEVELS)
+"""a padding symbol (16 bits), and the count of them that ends every coding group"""
+PAD_SEED = 0x4D564145  # "MVAE": the seed of the padding's values
 CONTEXT_UNIT = (1 << ACTIVATION_BITS) // CONTEXT_SCALE
 """grey level ``k`` enters the pixel head's context as ``k / 256``: ``k * CONTEXT_UNIT`` at
 ``2^-ACTIVATION_BITS``"""
@@ -108,9 +127,7 @@ def gaussian_bins(
 class BitsBackCodec:
     """Lossless coding of ``uint8`` images ``[N, H, W]`` with values ``0..levels-1``."""
 
-    def __init__(
-        self, model: ConvVAE, loss: str, model_sha256: bytes, batch: int | None = None
-    ) -> None:
+    def __init__(self, model: ConvVAE, loss: str, model_sha256: bytes) -> None:
         self.model = model.eval()
         self.head = model.pixel_head
         self.loss = loss
@@ -120,9 +137,8 @@ class BitsBackCodec:
         self.split_zero = self.levels > 2  # 8-bit pixels: "is it 0?" first, then the value
         self.grey_step = (LEVELS - 1) // (self.levels - 1)  # a symbol's grey level per unit
         self.model_sha256 = model_sha256
-        self.batch = batch or (BATCH if self.head is None else AUTOREGRESSIVE_BATCH)
-        if not 1 <= self.batch <= MAX_GROUP:
-            raise CodecError(f"coding groups of 1 to {MAX_GROUP:,} images; got {self.batch}")
+        self.batch = BATCH if self.head is None else AUTOREGRESSIVE_BATCH
+        self.min_words = min_words(model.image_shape, self.levels)
         self.network = ExactNetwork(model)
         self.categorical = constriction.stream.model.Categorical(perfect=False)
         prior = gaussian_bins(
@@ -132,10 +148,10 @@ class BitsBackCodec:
         self.prior = constriction.stream.model.Categorical(_floats(prior[0]), perfect=False)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, batch: int | None = None) -> BitsBackCodec:
+    def from_folder(cls, folder: str | Path) -> BitsBackCodec:
         """The codec of a model folder: its likelihood, and its weights' sha256 for the header."""
         model = load_model(folder)
-        return cls(model, model.config.likelihood, weights_sha256(folder), batch)
+        return cls(model, model.config.likelihood, weights_sha256(folder))
 
     # The pieces both directions share --------------------------------------------------
     def _posterior(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +280,11 @@ class BitsBackCodec:
         return words
 
     # Compression -----------------------------------------------------------------------
-    def compress(self, images: np.ndarray) -> bytes:
+    def compress(
+        self, images: np.ndarray, progress: Callable[[int], object] | None = None
+    ) -> bytes:
+        """The file of ``images``; ``progress`` is called with each coding group's number of
+        images as it is done (a bar's ``update``)."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if images.ndim != 3 or len(images) == 0:
             raise CodecError(f"expected images as an array N x H x W; got shape {images.shape}")
@@ -278,21 +298,31 @@ class BitsBackCodec:
             _, h, w = self.model.image_shape
             raise CodecError(f"this model codes {h} x {w} images; got {height} x {width}")
         coder = constriction.stream.stack.AnsCoder(self._startup_words())
-        for part in coding_groups(count, self.batch):
+        sizes = []  # the words each group adds to the stack
+        for group, part in enumerate(coding_groups(count, self.batch)):
             x = images[part]
             n = len(x)
+            before = coder.num_words()
             low, posterior = self._posterior(x)
             z = low + coder.decode(self.categorical, posterior)  # bits back
             self._push_image_pixels(coder, x, self._decoded(z, n))
             coder.encode_reverse((z + GRID).astype(np.int32), self.prior)
+            _pad(coder, before + n * self.min_words, group)
+            sizes.append(coder.num_words() - before)
+            if progress:
+                progress(n)
         header = Header(
             self.model_sha256, count, height, width, self.levels, self.batch, LATENT_BITS,
             pixels_digest(images),
         )  # fmt: skip
-        return header.pack() + coder.get_compressed().astype("<u4").tobytes()
+        words = np.concatenate([np.array(sizes, np.uint32), coder.get_compressed()])
+        return header.pack() + words.astype("<u4").tobytes()
 
     # Decompression ---------------------------------------------------------------------
-    def decompress(self, data: bytes) -> np.ndarray:
+    def decompress(
+        self, data: bytes, progress: Callable[[int], object] | None = None
+    ) -> np.ndarray:
+        """The images of a file, every pixel checked; ``progress`` as for ``compress``."""
         header, words = Header.unpack(data)
         if header.mode != LOSSLESS:
             raise CodecError(
@@ -307,12 +337,19 @@ class BitsBackCodec:
             )
         if header.latent_bits != LATENT_BITS:
             raise CodecError(f"latent grid 2^-{header.latent_bits} is not supported")
+        if header.batch != self.batch:
+            raise CodecError(
+                f"the header is damaged: coding groups of {header.batch:,} images (this model's "
+                f"files have groups of {self.batch})"
+            )
+        groups, ends, words = self._bounded(header.count, words)
         coder = constriction.stream.stack.AnsCoder(words)
         latent_dim = self.model.config.latent_dim
         decoded = []  # last group first; memory grows with the images actually decoded
         try:
-            for part in coding_groups(header.count, header.batch, reverse=True):
-                n = part.stop - part.start
+            for group in reversed(range(len(groups))):
+                n = groups[group].stop - groups[group].start
+                _unpad(coder, group)
                 z = coder.decode(self.prior, n * latent_dim) - GRID
                 x = self._pop_image_pixels(coder, self._decoded(z, n), (n, h, w))
                 decoded.append(x.astype(np.uint8))
@@ -320,6 +357,10 @@ class BitsBackCodec:
                 if not np.all((z >= low) & (z < low + posterior.shape[1])):
                     raise ValueError("a latent outside its posterior's window")
                 coder.encode_reverse((z - low).astype(np.int32), self.categorical, posterior)
+                if coder.num_words() != ends[group]:
+                    raise ValueError("a coding group that does not end where the file says")
+                if progress:
+                    progress(n)
         except (ValueError, RuntimeError) as error:  # constriction's word on invalid data
             raise CodecError(f"the coder words are damaged ({error})") from None
         images = np.concatenate(decoded[::-1])
@@ -329,24 +370,84 @@ class BitsBackCodec:
             raise CodecError("the decoded images fail the checksum: the file is damaged")
         return images
 
+    def _bounded(self, count: int, words: np.ndarray) -> tuple[list[slice], np.ndarray, np.ndarray]:
+        """A file's coding groups, the stack's size where each one's decoding must end, and
+        the stack; a CodecError before any decoding unless the groups' sizes fit the file,
+        each holding at least ``min_words`` per image."""
+        start = len(self._startup_words())
+        if count * self.min_words > len(words) - start:
+            raise CodecError(
+                f"the header claims {count:,} images, more than the file's {4 * len(words):,} "
+                f"bytes of words can hold (at least {4 * self.min_words} each): the file is damaged"
+            )
+        groups = list(coding_groups(count, self.batch))
+        sizes, stack = words[: len(groups)].astype(np.int64), words[len(groups) :]
+        floor = np.array([(g.stop - g.start) * self.min_words for g in groups], np.int64)
+        ends = start + np.cumsum(sizes) - sizes  # the stack's size before each group
+        if (sizes < floor).any() or start + sizes.sum() != len(stack):
+            raise CodecError("the file is damaged: its coding groups do not add up to its words")
+        return groups, ends, stack
 
-def coding_groups(count: int, largest: int, reverse: bool = False) -> Iterator[slice]:
+
+def min_words(image_shape: tuple[int, ...], levels: int) -> int:
+    """The fewest words an image of ``image_shape`` with ``levels`` values adds to a file:
+    ``MIN_SHARE`` of its raw bits, at least one."""
+    raw_bits = int(np.prod(image_shape)) * (levels - 1).bit_length()
+    return max(1, raw_bits // (32 * MIN_SHARE))
+
+
+def _pad(coder, target: int, group: int) -> None:
+    """End coding group ``group`` with padding symbols, then their count, so that the stack
+    holds at least ``target`` words (only the count where it does already); the fewest
+    that reach it."""
+    pads = 0
+    if coder.num_words() < target:
+        pads = 2 * (target - coder.num_words()) - 2  # 16 bits each: about 2 per word
+        while True:
+            trial = coder.clone()
+            _push_padding(trial, pads, group)
+            if trial.num_words() >= target:
+                break
+            pads += 1
+    _push_padding(coder, pads, group)
+
+
+def _padding(group: int) -> np.random.Generator:
+    """The padding's values: pseudo-random, because the next group's latents are popped
+    from them (a run of equal symbols would pick latents from one end of their windows,
+    costing bits; random ones cost nothing, bits-back takes them back)."""
+    return np.random.default_rng([PAD_SEED, group])
+
+
+def _push_padding(coder, pads: int, group: int) -> None:
+    if pads >= PAD_LEVELS:  # a group of 500 digits needs at most about 16,000
+        raise CodecError(f"{pads:,} padding symbols do not fit a group's count")
+    values = _padding(group)
+    mask = values.integers(0, PAD_LEVELS, 1, dtype=np.int32)
+    coder.encode_reverse(values.integers(0, PAD_LEVELS, pads, dtype=np.int32), PAD)
+    coder.encode_reverse((pads + mask) % PAD_LEVELS, PAD)
+
+
+def _unpad(coder, group: int) -> None:
+    """Pop coding group ``group``'s padding, ``ValueError`` unless it is that padding."""
+    values = _padding(group)
+    mask = values.integers(0, PAD_LEVELS, 1, dtype=np.int32)
+    pads = int((coder.decode(PAD, 1) - mask)[0] % PAD_LEVELS)
+    expected = values.integers(0, PAD_LEVELS, pads, dtype=np.int32)
+    if pads and not np.array_equal(coder.decode(PAD, pads), expected):
+        raise ValueError("a group's padding is not padding")
+
+
+def coding_groups(count: int, largest: int) -> Iterator[slice]:
     """The coding groups of ``count`` images: sizes 1, 2, 4, ... doubling up to ``largest``,
     then ``largest`` each. A group's latent pops read bits that the images before it pushed,
     so a first group of 100 would read from an almost empty stack (decoding garbage latents
-    that then cost their images dearly; still lossless, only larger). ``reverse``: last to
-    first, generated lazily (a header's count allocates nothing before images decode)."""
-    prefix, start, size = [], 0, 1
-    while start < count and size < largest:
-        prefix.append(slice(start, min(count, start + size)))
+    that then cost their images dearly; still lossless, only larger)."""
+    start, size = 0, 1
+    while start < count:
+        size = min(size, largest)
+        yield slice(start, min(count, start + size))
         start, size = start + size, 2 * size
-    tail = range(start, count, largest)
-    if reverse:
-        yield from (slice(s, min(count, s + largest)) for s in reversed(tail))
-        yield from reversed(prefix)
-    else:
-        yield from prefix
-        yield from (slice(s, min(count, s + largest)) for s in tail)
 
 
 def _floats(frequencies: torch.Tensor) -> np.ndarray:
