@@ -153,7 +153,9 @@ def main() -> None:
                 for f, vs in fields(Header.unpack(data)[0]).items()
             }
             if kind == "lossless" and bounded and Header.unpack(data)[0].mode == LOSSLESS:
-                most = (len(data) - HEADER_BYTES) // 4 // codec.min_words
+                words = Header.unpack(data)[1]
+                stack = len(words) - len(list(coding_groups(n, codec.batch)))
+                most = (stack - len(codec._startup_words())) // codec.min_words  # the words hold
                 tried = sorted({n + 1, 2 * n, most} - {n})
                 cases["count, table rewritten"] = [
                     (v, f) for v in tried if (f := with_table(data, codec, v)) is not None
