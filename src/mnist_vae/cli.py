@@ -143,11 +143,11 @@ def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
         folder = resolve_model(model, Path(scratch))
         if is_image_stream(data):
             images, scale = LossyCodec.from_folder(folder).decompress_each([data]), 1
-        elif Header.unpack(data)[0].mode != LOSSLESS:
+        elif (header := Header.unpack(data)[0]).mode != LOSSLESS:
             images, scale = LossyCodec.from_folder(folder).decompress(data), 1
         else:
             codec = BitsBackCodec.from_folder(folder)
-            with _bar("decompressing", Header.unpack(data)[0].count) as bar:
+            with _bar("decompressing", header.count) as bar:
                 images = codec.decompress(data, progress=bar.update)
             scale = 255 if codec.levels == 2 else 1
     with files.replaced_folder(output) as staging, _bar("writing", len(images), images) as bar:

@@ -44,15 +44,16 @@ integer arithmetic (``fixed_point``), the same on every platform; 3: also writte
 autoregressive models (the pixels position by position); 4: a lossless file carries the
 words of each coding group and a floor on each image's words, which bound the work of
 decoding it by its size. A lossy file of version 2 or 3 is laid out as version 4 and
-already bounded, so it is read too; a lossless one is not (``RELEASE_THAT_READS``)."""
+already bounded, so it is read too; a lossless one is not (``REFUSED``)."""
 LOSSLESS = 0
 LOSSY_MIXTURE = 1  # the quantized code under the fitted mixture's marginals (lossy.py)
 LOSSY_PRIOR = 2  # the quantized code under the prior N(0, I)
 MODES = {LOSSLESS: "lossless", LOSSY_MIXTURE: "lossy", LOSSY_PRIOR: "lossy (prior)"}
 READABLE = {LOSSLESS: (4,), LOSSY_MIXTURE: (2, 3, 4), LOSSY_PRIOR: (2, 3, 4)}
 """the versions of each mode this release decodes"""
-RELEASE_THAT_READS = {1: "0.1", 2: "0.2", 3: "0.2"}
-"""the last mnist-vae release that decodes a version this one refuses"""
+_UNBOUNDED = "a lossless file without a bound on its decoding work"
+REFUSED = {1: ("before portable decoding", "0.1"), 2: (_UNBOUNDED, "0.2"), 3: (_UNBOUNDED, "0.2")}
+"""for each older version this release refuses: why, and the last release that reads it"""
 LATENT_RANGE = 8  # the grid covers +-8 prior standard deviations
 BATCH = 100  # images per coding group (and network pass)
 _HEADER = struct.Struct("<4sBB32sIHHHHB8s")
@@ -106,18 +107,11 @@ class Header:
 
 def unreadable(version: int, mode: int) -> str:
     """One line on why a file of ``version`` in ``mode`` is refused, naming what reads it."""
-    reads = " and ".join(map(str, READABLE[mode]))
-    if version in RELEASE_THAT_READS:
-        why = {
-            1: "before portable decoding",
-            2: "a lossless file without a bound on its decoding work",
-            3: "a lossless file without a bound on its decoding work",
-        }[version]
-        return (
-            f"format version {version} ({why}: read it with mnist-vae "
-            f"{RELEASE_THAT_READS[version]}); this mnist-vae reads {MODES[mode]} version {reads}"
-        )
-    return f"format version {version}; this mnist-vae reads {MODES[mode]} version {reads}"
+    reads = f"this mnist-vae reads {MODES[mode]} version {' and '.join(map(str, READABLE[mode]))}"
+    if version not in REFUSED:
+        return f"format version {version}; {reads}"
+    why, release = REFUSED[version]
+    return f"format version {version} ({why}: read it with mnist-vae {release}); {reads}"
 
 
 def check_model(written_with: bytes, model_sha256: bytes) -> None:
