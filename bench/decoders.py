@@ -1,8 +1,18 @@
-"""Which likelihood lowers the lossless rate most: the design comparison of issue 24.
+"""Decoder designs at equal budget: the pass schedules of the pixel head (issue 44), and the
+likelihoods of issue 24.
 
-Three designs, trained on the same images with the same budget (epochs, batch, Adam with
-the cosine schedule, seed), scored by the test negative ELBO in bits per pixel, which the
-bits-back coder attains within a fraction of a percent (``bench/codec.py``):
+Every design is trained on the same images with the same budget (epochs, batch, Adam with
+the cosine schedule, seed) and scored by the test negative ELBO in bits per pixel, which the
+bits-back coder attains within a fraction of a percent (``bench/codec.py``).
+
+``--set schedules`` (the default) compares the pixel head's pass schedules
+(:mod:`mnist_vae.model.autoregressive`): ``raster`` (784 passes of one pixel) against 2, 4,
+8 and 16 passes, with the factorized decoder as the floor of speed and the ceiling of rate.
+For each it also runs the lossless codec on the first ``--codec-limit`` test digits (the
+file's real bytes, every pixel checked, both speeds) and times the pictures
+(``mean_image``, as ``generate`` and the served ``decode`` draw them, in batches of 1,000).
+
+``--set likelihoods`` is issue 24's comparison:
 
 - ``factorized``: today's decoder, every pixel from z alone;
 - ``autoregressive``: the local pixel head (:mod:`mnist_vae.model.autoregressive`), each pixel
@@ -13,23 +23,28 @@ bits-back coder attains within a fraction of a percent (``bench/codec.py``):
   steps; its rate under Bit-Swap is this negative ELBO.
 
     python bench/decoders.py --epochs 3              # all 60,000 training images
-    python bench/decoders.py --epochs 1 --train-limit 5000
+    python bench/decoders.py --epochs 1 --train-limit 5000 --codec-limit 200
+    python bench/decoders.py --set likelihoods --epochs 3
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from mnist_vae.data import batches, load_images, load_test_images
+from mnist_vae.compression.lossless import round_trip
+from mnist_vae.data import batches, load_images, load_test_images, to_symbols
 from mnist_vae.evaluation.metrics import bits_per_pixel
 from mnist_vae.model.likelihoods import likelihood
-from mnist_vae.model.vae import VAEConfig, build_model
+from mnist_vae.model.vae import ConvVAE, VAEConfig, build_model, save_model
+from mnist_vae.params import PASS_SCHEDULES
 from mnist_vae.training.loop import lr_schedule
 from mnist_vae.training.losses import _gaussian_log_density, negative_elbo
 
@@ -82,7 +97,7 @@ def flat_nelbo(config: VAEConfig) -> tuple[nn.Module, Loss]:
     return model, loss
 
 
-def designs() -> dict[str, Callable[[], tuple[nn.Module, Loss]]]:
+def designs(which: str) -> dict[str, Callable[[], tuple[nn.Module, Loss]]]:
     def flat(**kwargs):
         return lambda: flat_nelbo(VAEConfig(10, "fast", likelihood=LOSS, **kwargs))
 
@@ -90,6 +105,11 @@ def designs() -> dict[str, Callable[[], tuple[nn.Module, Loss]]]:
         model = Hierarchical()
         return model, lambda x, g: model.nelbo(x, g).sum()
 
+    if which == "schedules":
+        return {"factorized": flat()} | {
+            schedule: flat(decoder="autoregressive", pass_schedule=schedule)
+            for schedule in PASS_SCHEDULES
+        }
     return {
         "factorized": flat(),
         "autoregressive r=2 f=32": flat(
@@ -102,6 +122,22 @@ def designs() -> dict[str, Callable[[], tuple[nn.Module, Loss]]]:
     }
 
 
+def speeds(model: ConvVAE, test_x: torch.Tensor, codec_limit: int) -> dict:
+    """The lossless codec's rate and speeds on the first ``codec_limit`` test digits, and
+    the pictures' speed on 10,000 codes."""
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(model, folder)
+        images = to_symbols(test_x[:codec_limit], 256).numpy().astype(np.uint8)
+        trip = round_trip(folder, images)  # decoded by a fresh codec, every pixel checked
+    z = torch.randn(10_000, model.config.latent_dim, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for part in z.split(1000):
+            model.mean_image(part)
+    pictures = len(z) / (time.perf_counter() - start)
+    return {"lossless_bpp": trip.bits_per_pixel, **trip.speed(), "pictures_per_second": pictures}
+
+
 def run(
     name: str,
     build: Callable[[], tuple[nn.Module, Loss]],
@@ -110,6 +146,7 @@ def run(
     epochs: int,
     batch_size: int,
     lr: float,
+    codec_limit: int,
 ) -> dict:
     torch.manual_seed(0)
     model, loss = build()
@@ -134,34 +171,50 @@ def run(
     with torch.no_grad():
         for index, _ in batches(len(test_x), 1000):
             total += float(loss(test_x[index], test_generator))
-    return {
+    row = {
         "design": name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": seconds,
         "test_nelbo_bpp": bits_per_pixel(total / len(test_x), PIXELS),
     }
+    if codec_limit and isinstance(model, ConvVAE):
+        row |= speeds(model, test_x, codec_limit)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/mnist")
+    parser.add_argument("--set", choices=("schedules", "likelihoods"), default="schedules")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-limit", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--codec-limit", type=int, default=1000,
+                        help="test digits for the codec's rate and speeds (0: skip)")  # fmt: skip
     parser.add_argument("--only", nargs="*", help="design names to run (default: all)")
     args = parser.parse_args()
     train_x, _ = load_images(args.data, "train", args.train_limit, seed=0)
     test_x, _ = load_test_images(args.data)
+    codec_limit = args.codec_limit if args.set == "schedules" else 0
     print(f"{len(train_x)} training images, {len(test_x)} test images, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{'design':26s} {'parameters':>10s} {'train s':>8s} {'test -ELBO bpp':>15s}")
-    for name, build in designs().items():
+          f"{torch.get_num_threads()} threads; codec on the first {codec_limit} test digits",
+          flush=True)  # fmt: skip
+    header = f"{'design':26s} {'parameters':>10s} {'train s':>8s} {'test -ELBO bpp':>15s}"
+    if codec_limit:
+        header += " lossless bpp  compress/s  decompress/s  pictures/s"
+    print(header)
+    for name, build in designs(args.set).items():
         if args.only and name not in args.only:
             continue
-        row = run(name, build, train_x, test_x, args.epochs, args.batch_size, args.lr)
-        print(f"{name:26s} {row['parameters']:10,d} {row['train_seconds']:8.1f} "
-              f"{row['test_nelbo_bpp']:15.4f}", flush=True)  # fmt: skip
+        row = run(name, build, train_x, test_x, args.epochs, args.batch_size, args.lr, codec_limit)
+        line = (f"{name:26s} {row['parameters']:10,d} {row['train_seconds']:8.1f} "
+                f"{row['test_nelbo_bpp']:15.4f}")  # fmt: skip
+        if "lossless_bpp" in row:
+            line += (f" {row['lossless_bpp']:13.4f} {row['compress_images_per_second']:11.0f} "
+                     f"{row['decompress_images_per_second']:13.0f} "
+                     f"{row['pictures_per_second']:11.0f}")  # fmt: skip
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def main() -> None:
                   f"interruption to run {mlflow_run.run_id}", flush=True)  # fmt: skip
         config = VAEConfig(params.latent_dim, params.model.arch, likelihood=params.train.loss,
                            sampler_components=params.model.sampler_components,
-                           decoder=params.model.decoder)  # fmt: skip
+                           decoder=params.model.decoder,
+                           pass_schedule=params.model.pass_schedule)  # fmt: skip
         model = seeded_model(config, params.seed)
         result = fit(model, train_x, test_x, params, plan, on_epoch=mlflow_run.log_epoch,
                      checkpoint=checkpoint, resume=resume)  # fmt: skip

@@ -1,6 +1,7 @@
-"""The autoregressive decoder: causal, the same parameters whether an image is done at once
-or a position at a time (in floats and in integers), and a lossless codec whose streams
-decode in another process with another thread count."""
+"""The autoregressive decoder under every pass schedule: a pixel reads only pixels of
+earlier passes, the same parameters whether an image is done at once or a pass at a time
+(in floats and in integers), and a lossless codec whose streams decode in another process
+with another thread count."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ from mnist_vae.compression.container import HEADER_BYTES, Header
 from mnist_vae.compression.fixed_point import ExactNetwork
 from mnist_vae.compression.lossless import BitsBackCodec
 from mnist_vae.errors import CodecError
-from mnist_vae.model.autoregressive import causal_offsets
+from mnist_vae.model.autoregressive import PASS_SCHEDULES, causal_offsets, pass_of_pixels
 from mnist_vae.model.vae import VAEConfig, load_model, save_model
 from mnist_vae.training.loop import seeded_model
 
 CONFIG = VAEConfig(latent_dim=4, likelihood="logistic_mixture", decoder="autoregressive")
 
 
-@pytest.fixture(scope="module")
-def model():
-    return seeded_model(CONFIG, 0).eval()
+@pytest.fixture(scope="module", params=["raster", "passes-4"])
+def model(request):
+    """The small untrained model, with the raster head and with a pass schedule."""
+    return _schedule_model(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -46,24 +48,54 @@ def test_the_context_is_the_pixels_before_in_raster_order():
     assert len(causal_offsets(3)) == 24
 
 
-def test_a_pixel_sees_no_pixel_at_or_after_itself(model):
-    """Changing the pixels from position p on leaves the parameters of positions 0..p as
-    they were, and changes some after p."""
+def test_the_pass_schedules_nest_coarse_to_fine():
+    """Each schedule's passes split the passes of the one with half as many: the checkerboard
+    is 2 passes of 392 pixels, the 2 x 2 lattice's first pass its even rows and columns."""
+    assert pass_of_pixels("raster", 28).tolist() == list(range(784))
+    previous = torch.zeros(784, dtype=torch.int64)
+    for passes in (2, 4, 8, 16):
+        pass_of = pass_of_pixels(f"passes-{passes}", 28)
+        assert torch.bincount(pass_of).tolist() == [784 // passes] * passes
+        assert torch.equal(pass_of // 2, previous)
+        previous = pass_of
+    grid = pass_of_pixels("passes-2", 28).view(28, 28)
+    assert torch.equal(grid, (torch.arange(28)[:, None] + torch.arange(28)) % 2)
+    assert (pass_of_pixels("passes-4", 28).view(28, 28)[::2, ::2] == 0).all()
+    with pytest.raises(ValueError, match="unknown pass schedule"):
+        pass_of_pixels("passes-3", 28)
+
+
+def _schedule_model(schedule: str):
+    import dataclasses
+
+    return seeded_model(dataclasses.replace(CONFIG, pass_schedule=schedule), 0).eval()
+
+
+@pytest.mark.parametrize("schedule", PASS_SCHEDULES)
+def test_a_pixel_sees_no_pixel_of_its_own_pass_or_a_later_one(schedule):
+    """Changing the pixels of pass k and later leaves the parameters of every pixel of
+    passes 0..k as they were, and changes some after."""
+    model = _schedule_model(schedule)
+    pass_of = pass_of_pixels(schedule, 28)
     x = torch.rand(2, 1, 28, 28).mul(255).round().div(255)
     z = torch.randn(2, 4)
-    p = 14 * 28 + 9
+    k = int(pass_of.max()) // 2
     y = x.flatten(1).clone()
-    y[:, p:] = torch.rand_like(y[:, p:]).mul(255).round().div(255)
+    later = pass_of >= k
+    y[:, later] = torch.rand_like(y[:, later]).mul(255).round().div(255)
     with torch.no_grad():
         before = model.decode(z, x).flatten(2)
         after = model.decode(z, y.view_as(x)).flatten(2)
-    assert torch.equal(before[:, :, : p + 1], after[:, :, : p + 1])
-    assert not torch.equal(before[:, :, p + 1 :], after[:, :, p + 1 :])
+    same = pass_of <= k
+    assert torch.equal(before[:, :, same], after[:, :, same])
+    assert not torch.equal(before[:, :, ~same], after[:, :, ~same])
 
 
-def test_the_picture_is_each_pixels_expected_value_given_the_picture_before_it(model):
-    """The picture is built a position at a time; the parameters the whole-image pass gives
-    for that picture have it as their means."""
+@pytest.mark.parametrize("schedule", ["raster", "passes-4"])
+def test_the_picture_is_each_pixels_expected_value_given_the_earlier_passes(schedule):
+    """The picture is built a pass at a time; the parameters the whole-image pass gives for
+    that picture have it as their means."""
+    model = _schedule_model(schedule)
     z = torch.randn(3, 4)
     with torch.no_grad():
         picture = model.mean_image(z, exact=False)
@@ -90,29 +122,44 @@ def test_many_codes_score_against_one_image_as_each_decoded_alone(decoder, digit
     assert not torch.equal(shared[:, 0], shared[:, 1])  # the codes do matter
 
 
-def test_the_autoregressive_decoder_needs_the_image_for_its_likelihood(model):
+def test_the_autoregressive_decoder_needs_the_image_for_its_likelihood():
+    model = _schedule_model("raster")
     with pytest.raises(ValueError, match="depend on the image: pass x"):
         model.decode(torch.zeros(1, 4))
 
 
-def test_the_config_travels_with_the_weights(folder):
+def test_the_config_travels_with_the_weights(model, folder):
     loaded = load_model(folder)
-    assert loaded.config == CONFIG and loaded.pixel_head is not None
+    assert loaded.config == model.config and loaded.pixel_head is not None
+    assert loaded.pixel_head.schedule == model.config.pass_schedule
 
 
-def test_the_integer_head_gives_the_same_parameters_a_position_at_a_time(model, digits):
+@pytest.mark.parametrize("schedule", PASS_SCHEDULES)
+def test_the_integer_head_gives_the_same_parameters_a_pass_at_a_time(schedule, digits):
+    """The codec's two sides: every pixel's parameters at once from the whole image (what
+    compression computes), and pass by pass through ``run_passes`` with the pixels fed back
+    (what decompression does): the same integers."""
+    model = _schedule_model(schedule)
     network = ExactNetwork(model)
     head = model.pixel_head
-    pixels = torch.from_numpy(digits[:5].astype(np.int64)).unsqueeze(1) * 256  # k/256 at 2^-16
-    features = network.decode(torch.randint(-512, 512, (5, 4)), 8)
-    canvas = head.canvas(pixels)
-    whole = torch.cat([features.flatten(2).transpose(1, 2), head.context(canvas)], 2)
+    one = 1 << 16
+    pixels = torch.from_numpy(digits[:5].astype(np.int64)).unsqueeze(1)
+    features = network.decode(torch.randint(-512, 512, (5, 4)), 8).flatten(2)
+    context = head.context(head.canvas(pixels * 256), one)
+    whole = torch.cat([features.transpose(1, 2), context], 2)
     at_once = network.pixel_parameters(whole.flatten(0, 1)).view(5, 784, -1)
-    partial = head.empty_canvas(5, canvas)
-    for position in range(784):
-        rows = torch.cat([features.flatten(2)[:, :, position], head.context(partial, position)], 1)
-        assert torch.equal(network.pixel_parameters(rows), at_once[:, position])
-        head.set_pixel(partial, position, pixels.flatten(1)[:, position])
+    truth = pixels.flatten(1)
+
+    def step(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels_of_pass = head.passes[step.k]
+        expected = at_once[:, pixels_of_pass].flatten(0, 1)
+        assert torch.equal(network.pixel_parameters(rows), expected)
+        step.k += 1
+        return truth[:, pixels_of_pass].flatten(), truth[:, pixels_of_pass].flatten()
+
+    step.k = 0
+    assert torch.equal(head.run_passes(features, step, one), truth)
+    assert step.k == len(head.passes)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +185,8 @@ def test_a_stream_decodes_in_another_process_with_another_thread_count(
     codec, folder, digits, tmp_path
 ):
     """Written here with this process's threads, read by a fresh interpreter on another
-    count (one, or two where this process has one, as under xdist on two cores): the 784
-    steps of every group see the same integers."""
+    count (one, or two where this process has one, as under xdist on two cores): every
+    pass of every group sees the same integers, under either schedule."""
     stream = tmp_path / "digits.mvae"
     stream.write_bytes(codec.compress(digits[:25]))
     threads = 2 if torch.get_num_threads() == 1 else 1

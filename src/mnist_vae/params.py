@@ -27,6 +27,7 @@ from .errors import ParamsError
 
 ARCH_NAMES = ("fast", "conv")
 DECODER_NAMES = ("factorized", "autoregressive")
+PASS_SCHEDULES = ("raster", "passes-2", "passes-4", "passes-8", "passes-16")
 """``model.DECODERS`` builds each (a test checks that the two agree)"""
 """``model.ARCHITECTURES`` builds each (a test checks that the two agree)"""
 LOSSES = ("bce", "mse", "beta_binomial", "logistic_mixture")
@@ -84,7 +85,10 @@ class ModelParams:
     """``fast``: two 4x4 stride-2 convolutions and a dense layer; ``conv``: the original's"""
     decoder: str = one_of(DECODER_NAMES, "autoregressive")
     """``factorized``: each pixel from z alone; ``autoregressive``: also from the pixels
-    above and to its left (a local pixel head)"""
+    decoded before it nearby (a local pixel head)"""
+    pass_schedule: str = one_of(PASS_SCHEDULES, "passes-8")
+    """autoregressive: ``raster``, one pixel at a time (784 steps); ``passes-N`` (2, 4, 8,
+    16): N passes of many pixels each, every pixel seeing the known pixels of its window"""
     sampler_components: int = at_least(0, 50)
     """Gaussians of the mixture fitted to the training codes after training, which ``sample``
     draws from (0: the N(0, I) prior); the codec always uses the prior"""

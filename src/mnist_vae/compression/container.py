@@ -9,7 +9,7 @@ The file format (all integers little-endian):
 | offset | size | field |
 | --- | --- | --- |
 | 0 | 4 | magic ``MVAE`` |
-| 4 | 1 | format version (4; see ``READABLE`` for the older ones still read) |
+| 4 | 1 | format version (5; see ``READABLE`` for the older ones still read) |
 | 5 | 1 | mode (0: lossless bits-back; 1, 2: lossy, see ``lossy``) |
 | 6 | 32 | sha256 of the model's weights file |
 | 38 | 4 | number of images |
@@ -38,21 +38,28 @@ from ..errors import CodecError
 from ..model.folder import WEIGHTS_FILE
 
 MAGIC = b"MVAE"
-VERSION = 4
+VERSION = 5
 """1: probabilities from the floating-point network (decoded only where written); 2: from
 integer arithmetic (``fixed_point``), the same on every platform; 3: also written by
 autoregressive models (the pixels position by position); 4: a lossless file carries the
 words of each coding group and a floor on each image's words, which bound the work of
-decoding it by its size. A lossy file of version 2 or 3 is laid out as version 4 and
-already bounded, so it is read too; a lossless one is not (``REFUSED``)."""
+decoding it by its size; 5: lossless pixels and latents are coded in stages (a pixel's bin
+of 16 values, then its value; a latent's bucket of 16 grid points, then its point) and
+pass by pass. A lossy file of version 2 to 4 is laid out as version 5 and already bounded,
+so it is read too; a lossless one is not (``REFUSED``)."""
 LOSSLESS = 0
 LOSSY_MIXTURE = 1  # the quantized code under the fitted mixture's marginals (lossy.py)
 LOSSY_PRIOR = 2  # the quantized code under the prior N(0, I)
 MODES = {LOSSLESS: "lossless", LOSSY_MIXTURE: "lossy", LOSSY_PRIOR: "lossy (prior)"}
-READABLE = {LOSSLESS: (4,), LOSSY_MIXTURE: (2, 3, 4), LOSSY_PRIOR: (2, 3, 4)}
+READABLE = {LOSSLESS: (5,), LOSSY_MIXTURE: (2, 3, 4, 5), LOSSY_PRIOR: (2, 3, 4, 5)}
 """the versions of each mode this release decodes"""
 _UNBOUNDED = "a lossless file without a bound on its decoding work"
-REFUSED = {1: ("before portable decoding", "0.1"), 2: (_UNBOUNDED, "0.2"), 3: (_UNBOUNDED, "0.2")}
+REFUSED = {
+    1: ("before portable decoding", "0.1"),
+    2: (_UNBOUNDED, "0.2"),
+    3: (_UNBOUNDED, "0.2"),
+    4: ("a lossless file coded one 256-value table per pixel", "0.3"),
+}
 """for each older version this release refuses: why, and the last release that reads it"""
 LATENT_RANGE = 8  # the grid covers +-8 prior standard deviations
 BATCH = 100  # images per coding group (and network pass)

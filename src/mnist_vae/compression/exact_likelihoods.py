@@ -30,6 +30,7 @@ from .fixed_point import (
 ARGUMENT_BITS = 20  # the tables' arguments are at 2^-20
 WEIGHT_BITS = 16  # a mixture's weights are integers out of about 2^16
 CDF_ROWS = 1024  # the mixture's CDF is computed for this many pixels at a time
+BIN = 16  # the values 1..255 of a non-zero pixel are coded as 16 bins of 16, then the value
 
 
 def _bernoulli(rows: torch.Tensor) -> torch.Tensor:
@@ -76,10 +77,11 @@ def _inner_edges(device: torch.device | str) -> torch.Tensor:
 
 def _mixture_cdf(rows: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """The logistic mixture's CDF at ``edges`` (int64 in [-1, 1] units at
-    ``2^-ACTIVATION_BITS``), ``[M, len(edges) + 1]``, the last column the CDF at infinity
-    (the total): the weights from the exp table, each logistic's CDF from the sigmoid
-    table; means clamped to +-8, log-scales to [-7, 7] (the float likelihood's floor; a
-    logistic wider than e^7 is flat over the 256 levels either way)."""
+    ``2^-ACTIVATION_BITS``: ``[E]`` for every row, or ``[M, E]`` one set per row),
+    ``[M, E + 1]``, the last column the CDF at infinity (the total): the weights from the
+    exp table, each logistic's CDF from the sigmoid table; means clamped to +-8, log-scales
+    to [-7, 7] (the float likelihood's floor; a logistic wider than e^7 is flat over the
+    256 levels either way)."""
     logits, means, log_scales = rows.split(MIXTURE, dim=1)
     t = tables()
     e = t["exp_neg"](logits.amax(1, keepdim=True) - logits, ACTIVATION_BITS)
@@ -89,11 +91,12 @@ def _mixture_cdf(rows: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         int(_MIN_LOG_SCALE) << ACTIVATION_BITS, SCALE_RANGE << ACTIVATION_BITS
     )
     inv_scales = t["exp"](-log_scales, ACTIVATION_BITS) >> 4  # at 2^-20
-    cdf = torch.empty(len(rows), len(edges) + 1, dtype=torch.int64, device=rows.device)
+    cdf = torch.empty(len(rows), edges.shape[-1] + 1, dtype=torch.int64, device=rows.device)
     shift = 2 * ACTIVATION_BITS + 4 - ARGUMENT_BITS
     for start in range(0, len(rows), CDF_ROWS):  # [rows, K, E] at a time: memory stays flat
         part = slice(start, start + CDF_ROWS)
-        u = (edges - means[part, :, None]).mul_(inv_scales[part, :, None])  # below 2^50
+        at = edges if edges.dim() == 1 else edges[part, None, :]
+        u = (at - means[part, :, None]).mul_(inv_scales[part, :, None])  # below 2^50
         sigmoid = t["sigmoid"](u.bitwise_right_shift_(shift), ARGUMENT_BITS)
         cdf[part, :-1] = sigmoid.mul_(weights[part, :, None]).sum(1)  # exact: integers
     cdf[:, -1] = weights.sum(1) << PROBABILITY_BITS
@@ -110,6 +113,27 @@ def _logistic_mixture_zero(rows: torch.Tensor) -> torch.Tensor:
     return torch.stack([cdf[:, 1] - cdf[:, 0], cdf[:, 0]], dim=1)
 
 
+def _mixture_bins(rows: torch.Tensor) -> torch.Tensor:
+    """The coarse table: the CDF at the 16 edges below each bin (the edge of bin 0 first)."""
+    edges = _inner_edges(rows.device)[::BIN]  # edges 0, 16, ..., 240: below values 1, 17, ...
+    return torch.diff(_mixture_cdf(rows, edges), dim=1)
+
+
+def _mixture_in_bin(rows: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """The fine table: the CDF at the 17 edges around each row's bin (beyond 255: the total)."""
+    at = BIN * bins[:, None] + torch.arange(BIN + 1, device=rows.device)  # edge of each value
+    inner = _inner_edges(rows.device)
+    cdf = _mixture_cdf(rows, inner[at.clamp(max=len(inner) - 1)])
+    cdf[:, :-1] = torch.where(at < len(inner), cdf[:, :-1], cdf[:, -1:])
+    return torch.diff(cdf[:, :-1], dim=1)
+
+
+def _split_table(loss: str, rows: torch.Tensor) -> torch.Tensor:
+    """Any likelihood's values 1..255 from its full table, padded to 16 bins of 16."""
+    table = frequencies(loss, rows)[:, 1:]
+    return torch.nn.functional.pad(table, (0, BIN * BIN - table.shape[1])).view(-1, BIN, BIN)
+
+
 _TABLES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "bce": _bernoulli,
     "beta_binomial": _beta_binomial,
@@ -122,6 +146,24 @@ def frequencies(loss: str, rows: torch.Tensor) -> torch.Tensor:
     """The integer probability of every value of each pixel row, ``[M, levels]``, for the
     likelihood of ``train.loss`` ``loss``."""
     return _TABLES[loss](rows)
+
+
+def bin_frequencies(loss: str, rows: torch.Tensor) -> torch.Tensor:
+    """Integer probabilities of the 16 bins of a non-zero 8-bit pixel, ``[M, 16]``: bin ``c``
+    holds the values ``16 c + 1 .. 16 c + 16`` (the last one 241..255). A value is coded as
+    its bin, then its place in the bin (``in_bin_frequencies``): the same probability, at
+    32 CDF values per pixel instead of 255."""
+    if loss == "logistic_mixture":
+        return _mixture_bins(rows)
+    return _split_table(loss, rows).sum(2)
+
+
+def in_bin_frequencies(loss: str, rows: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Integer probabilities of the 16 values of each row's bin ``bins`` (``[M]``),
+    ``[M, 16]`` (0 for the place past 255)."""
+    if loss == "logistic_mixture":
+        return _mixture_in_bin(rows, bins)
+    return _split_table(loss, rows)[torch.arange(len(rows)), bins]
 
 
 def zero_frequencies(loss: str, rows: torch.Tensor) -> torch.Tensor:

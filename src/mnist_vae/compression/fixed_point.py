@@ -166,12 +166,12 @@ class _Layer:
         else:
             acc = F.conv2d(x, self.weight, None, m.stride, m.padding, m.dilation, m.groups)
         shape = (1, -1) + (1,) * (acc.dim() - 2)
-        acc = acc + self.bias.view(shape)
-        if self.slope is not None:
-            acc = torch.where(acc >= 0, acc, acc * self.slope)
+        acc.add_(self.bias.view(shape))  # in place from here: the same IEEE operations
+        if self.slope is not None:  # x, or x times the slope below 0 (one rounded product)
+            acc = F.leaky_relu(acc, self.slope, inplace=True)
         scale = 2.0 ** (ACTIVATION_BITS - self.in_bits - self.weight_bits)
         limit = float(ACTIVATION_RANGE << ACTIVATION_BITS)
-        return rounded(acc * scale).clamp_(-limit, limit)
+        return acc.mul_(scale).round_().clamp_(-limit, limit)
 
 
 def _fan_in_sums(weight: torch.Tensor, transposed: bool) -> list[float]:
@@ -274,7 +274,7 @@ class ExactNetwork:
         """An autoregressive model's pixel head on integer rows of ``features + context``
         numbers at ``2^-ACTIVATION_BITS`` (``autoregressive``): the likelihood's
         parameters, ``[M, channels]`` int64. The products of a row sum exactly, so a pixel's
-        parameters are the same whether its image is done at once or a position at a time."""
+        parameters are the same whether its image is done at once or a pass at a time."""
         if self.head is None:
             raise ValueError("a factorized model has no pixel head")
         return self._run(self.head, rows.double()).long()

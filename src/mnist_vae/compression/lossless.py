@@ -16,9 +16,12 @@ cells (one table for every latent); a posterior q(z|x) is integrated over a wind
 +-``POSTERIOR_WIDTH`` of its standard deviations (the mass beyond is far below what the
 coder can represent). The pixels are a categorical over their values.
 
-An 8-bit pixel is sent as two symbols: whether it is 0 (four in five MNIST pixels are),
-then, if not, its value among 1..255, which is the same distribution (p(k) = p(not 0)
-p(k | not 0)) at a fifth of the work of a 256-entry table for every pixel.
+An 8-bit pixel is sent as up to three symbols: whether it is 0 (four in five MNIST pixels
+are), then, if not, which of 16 bins of 16 values it is in, then its place in the bin. That
+is the same distribution (p(k) = p(not 0) p(bin | not 0) p(k | bin)) at a small part of the
+work of a 256-entry table for every pixel: one CDF value per pixel, 32 more per non-zero
+one. A posterior's window of latent grid points is popped the same way, its bucket of 16
+points, then the point.
 
 **A file decodes anywhere the model is.** Every probability the coder sees is an integer
 computed in integer arithmetic (``fixed_point``): the encoder and decoder run as an
@@ -31,13 +34,15 @@ model, damaged bytes) ends in ``errors.CodecError``, never in wrong images: the
 header carries the weights' sha256 and a checksum of the original pixels.
 
 **An autoregressive model** (``autoregressive``) gives each pixel's distribution from
-z and the pixels above and to its left. Compression knows every pixel, so it computes all
-of a group's parameters at once and pushes the pixels position by position, the last
-first; decompression pops position 0 of every image in the group, then position 1 with
-what position 0 gave, and so on: 784 steps per group, each over all of its images. The
-pixel head runs in integers like the rest, and a position's integers are the same
-whether computed with the whole image or a step at a time (the sums are exact), so the
-two sides agree. Its groups are larger (``AUTOREGRESSIVE_BATCH``): fewer steps.
+z and the pixels known before it, in the passes of its schedule (784 of one pixel in
+raster order; or 2 to 16 of many pixels). Compression knows every pixel, so it computes
+all of a group's parameters at once and pushes the pixels pass by pass, the last first;
+decompression pops the first pass of every image in the group, then the second with what
+the first gave, and so on (``PixelHead.run_passes``): one step per pass, each over all of
+the group's images. The pixel head runs in integers like the rest, and a pixel's integers
+are the same whether computed with the whole image or a pass at a time (the sums are
+exact), so the two sides agree. Its groups are larger (``AUTOREGRESSIVE_BATCH``): fewer
+steps.
 
 Images are coded in groups that grow from one image, doubling up to the model's group
 size (``BATCH``, ``AUTOREGRESSIVE_BATCH``): a group's latents are popped before its pixels
@@ -84,17 +89,20 @@ from .container import (
     pixels_digest,
     weights_sha256,
 )
+from .exact_likelihoods import BIN
 from .fixed_point import ACTIVATION_BITS, PROBABILITY_BITS, ExactNetwork, tables
 
 LATENT_BITS = 8  # latent grid step 2^-8 prior standard deviations
 GRID = LATENT_RANGE << LATENT_BITS  # grid points -GRID..GRID
+BUCKET = 16  # a posterior's window is popped as a bucket of 16 grid points, then the point
+ONE_STD = torch.ones(1, dtype=torch.int64) << 20  # 1/std of the prior at 2^-20
 POSTERIOR_WIDTH = 7  # a posterior's window: +-7 of its standard deviations (2.6e-12 outside)
 LOG_VARIANCE = (-14, 2)  # a posterior's log-variance is clamped to this range
 PUSH_ROWS = 16384
 """compression computes the pixel tables of about this many pixels at once"""
 AUTOREGRESSIVE_BATCH = 500
-"""an autoregressive model decodes a group's images a position at a time, 784 steps per
-group: larger groups make fewer steps"""
+"""an autoregressive model decodes a group's images a pass at a time (784 steps for the
+raster head): larger groups make fewer steps"""
 MIN_SHARE = 12
 """every image costs at least 1/12 of its raw pixel bits (``min_words``: 64 bytes for a grey
 28 x 28 digit, whose model codes it in about 110; 8 for a binary one)"""
@@ -102,26 +110,61 @@ PAD_LEVELS = 1 << 16
 PAD = constriction.stream.model.Uniform(PAD_LEVELS)
 """a padding symbol (16 bits), and the count of them that ends every coding group"""
 PAD_SEED = 0x4D564145  # "MVAE": the seed of the padding's values
-CONTEXT_UNIT = (1 << ACTIVATION_BITS) // CONTEXT_SCALE
+ONE = 1 << ACTIVATION_BITS
+"""1 in the integer network's arithmetic"""
+CONTEXT_UNIT = ONE // CONTEXT_SCALE
 """grey level ``k`` enters the pixel head's context as ``k / 256``: ``k * CONTEXT_UNIT`` at
 ``2^-ACTIVATION_BITS``"""
 
 
-def gaussian_bins(
-    mean: torch.Tensor, inv_std: torch.Tensor, low: torch.Tensor, width: int
-) -> torch.Tensor:
-    """Integer probabilities of the grid points ``low .. low + width - 1`` of each row under
-    N(mean, std) (``mean`` in grid steps at ``2^-ACTIVATION_BITS``, ``inv_std`` = 1/std in
-    prior units at ``2^-20``), from the normal CDF table at the cells' edges; a window
-    that reaches an end of the grid takes that tail. ``[rows, width]`` int64."""
-    j = low[:, None] + torch.arange(width + 1, dtype=torch.int64)  # edge j - 1/2 of point j
-    edges = (2 * j - 1) << (ACTIVATION_BITS - 1)
+def gaussian_cdf(mean: torch.Tensor, inv_std: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The integer CDF of N(mean, std) of each row (``mean`` in grid steps at
+    ``2^-ACTIVATION_BITS``, ``inv_std`` = 1/std in prior units at ``2^-20``) at the cell
+    edges ``edges`` (``[rows, E]``; edge ``j`` is the one below grid point ``j``), from the
+    normal CDF table; 0 at and below the grid's first edge, 2^30 beyond its last (the end
+    cells take the tails)."""
+    at = (2 * edges - 1) << (ACTIVATION_BITS - 1)
     # (edge - mean) / (std 2^LATENT_BITS): at 2^-(16 + 20 + LATENT_BITS), then at 2^-20
-    t = ((edges - mean[:, None]) * inv_std[:, None]) >> (ACTIVATION_BITS + LATENT_BITS)
+    t = ((at - mean[:, None]) * inv_std[:, None]) >> (ACTIVATION_BITS + LATENT_BITS)
     cdf = tables()["normal_cdf"](t, 20)
-    cdf[:, 0] = torch.where(low == -GRID, 0, cdf[:, 0])
-    cdf[:, -1] = torch.where(low + width - 1 == GRID, 1 << PROBABILITY_BITS, cdf[:, -1])
-    return torch.diff(cdf, dim=1)
+    cdf = torch.where(edges <= -GRID, 0, cdf)
+    return torch.where(edges > GRID, 1 << PROBABILITY_BITS, cdf)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Each latent's posterior on the grid, over a window of ``width`` points from ``low``,
+    popped in two symbols: its bucket of ``BUCKET`` points (``buckets``: the table), then
+    the point in the bucket (``places``). The same probability as one table of ``width``
+    points, at about ``width / BUCKET + BUCKET`` CDF values per latent instead of ``width``."""
+
+    low: np.ndarray
+    width: int
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+    buckets: np.ndarray
+
+    def places(self, bucket: np.ndarray) -> np.ndarray:
+        """The table of the points in each latent's bucket ``bucket``, ``[rows, BUCKET]``
+        (0 for the places past the window's end)."""
+        low = torch.from_numpy(self.low)[:, None]
+        start = low + BUCKET * torch.from_numpy(bucket.astype(np.int64))[:, None]
+        edges = torch.minimum(start + torch.arange(BUCKET + 1), low + self.width)
+        return _floats(torch.diff(gaussian_cdf(self.mean, self.inv_std, edges), dim=1))
+
+    def pop(self, coder, categorical) -> np.ndarray:
+        """The grid points (``[rows]``, int64) read off the stack: bits back."""
+        bucket = coder.decode(categorical, self.buckets)
+        return self.low + BUCKET * bucket + coder.decode(categorical, self.places(bucket))
+
+    def push(self, coder, categorical, z: np.ndarray) -> None:
+        """Put the bits of grid points ``z`` back: the inverse of ``pop``."""
+        offset = z - self.low
+        if not np.all((offset >= 0) & (offset < self.width)):
+            raise ValueError("a latent outside its posterior's window")
+        bucket, place = (offset // BUCKET).astype(np.int32), (offset % BUCKET).astype(np.int32)
+        coder.encode_reverse(place, categorical, self.places(bucket))
+        coder.encode_reverse(bucket, categorical, self.buckets)
 
 
 class BitsBackCodec:
@@ -141,10 +184,8 @@ class BitsBackCodec:
         self.min_words = min_words(model.image_shape, self.levels)
         self.network = ExactNetwork(model)
         self.categorical = constriction.stream.model.Categorical(perfect=False)
-        prior = gaussian_bins(
-            torch.zeros(1, dtype=torch.int64), torch.ones(1, dtype=torch.int64) << 20,
-            torch.full((1,), -GRID), 2 * GRID + 1,
-        )  # fmt: skip
+        edges = torch.arange(-GRID, GRID + 2)[None]  # the cells of every grid point
+        prior = torch.diff(gaussian_cdf(torch.zeros(1, dtype=torch.int64), ONE_STD, edges))
         self.prior = constriction.stream.model.Categorical(_floats(prior[0]), perfect=False)
 
     @classmethod
@@ -154,10 +195,9 @@ class BitsBackCodec:
         return cls(model, model.config.likelihood, weights_sha256(folder))
 
     # The pieces both directions share --------------------------------------------------
-    def _posterior(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """q(z|x) on the grid, one row per latent: the first grid point of each row's window
-        and the integer probabilities of the window's points (a common width, at most the
-        whole grid), from the exact encoder."""
+    def _posterior(self, images: np.ndarray) -> Window:
+        """q(z|x) on the grid, one row per latent, from the exact encoder: a window of the
+        grid's points around each mean (a common width, at most the whole grid)."""
         pixels = torch.from_numpy(images.astype(np.int64)) * self.grey_step
         mean, logvar = self.network.encode(pixels.unsqueeze(1))
         bound = LATENT_RANGE << ACTIVATION_BITS
@@ -172,7 +212,11 @@ class BitsBackCodec:
         grid_mean = mean << LATENT_BITS  # in grid steps at 2^-16
         centre = (grid_mean + (1 << (ACTIVATION_BITS - 1))) >> ACTIVATION_BITS
         low = (centre - width // 2).clamp(-GRID, GRID - width + 1)
-        return low.numpy(), _floats(gaussian_bins(grid_mean, inv_std, low, width))
+        edges = torch.minimum(
+            low[:, None] + BUCKET * torch.arange(-(-width // BUCKET) + 1), low[:, None] + width
+        )
+        buckets = torch.diff(gaussian_cdf(grid_mean, inv_std, edges), dim=1)
+        return Window(low.numpy(), width, grid_mean, inv_std, _floats(buckets))
 
     def _decoded(self, z: np.ndarray, count: int) -> torch.Tensor:
         """The exact decoder's output for grid latents ``z``: the parameters of every pixel
@@ -180,46 +224,40 @@ class BitsBackCodec:
         latent = torch.from_numpy(z.astype(np.int64)).view(count, -1)
         return self.network.decode(latent, LATENT_BITS)
 
-    def _context_canvas(self, images: np.ndarray) -> torch.Tensor:
-        """Images' pixels as the pixel head's integer context reads them (grey level ``k``
-        as ``k / 256`` at ``2^-ACTIVATION_BITS``; a binary pixel as 0 or 255)."""
-        grey = torch.from_numpy(images.astype(np.int64)) * self.grey_step
-        return self.head.canvas(grey.unsqueeze(1) * CONTEXT_UNIT)
-
     def _push_image_pixels(self, coder, x: np.ndarray, decoded: torch.Tensor) -> None:
         """Push a group's pixels. Factorized: all at once. Autoregressive: the parameters of
-        every pixel at once (the true pixels are the context), pushed position by position
-        from the last, so that decoding pops position 0 of every image first; the tables of
-        about ``PUSH_ROWS`` pixels are computed together (the same integers, fewer calls)."""
+        every pixel at once (the true pixels are the context, masked to what each pixel's
+        pass knows), pushed pass by pass from the last, so that decoding pops the first pass
+        of every image first; the tables of about ``PUSH_ROWS`` pixels are computed together
+        (the same integers, fewer calls)."""
         if self.head is None:
             self._push_positions(coder, x.reshape(1, -1), pixel_rows(decoded))
             return
         n = len(x)
-        context = self.head.context(self._context_canvas(x))  # [n, H * W, context]
-        rows = torch.cat([decoded.flatten(2).transpose(1, 2), context], 2)
-        parameters = self.network.pixel_parameters(rows.transpose(0, 1).flatten(0, 1))
-        by_position = x.reshape(n, -1).T
-        step = max(1, PUSH_ROWS // n)
-        for start in reversed(range(0, len(by_position), step)):
-            stop = min(start + step, len(by_position))
-            self._push_positions(coder, by_position[start:stop], parameters[start * n : stop * n])
+        grey = torch.from_numpy(x.astype(np.int64)).unsqueeze(1) * self.grey_step
+        context = self.head.context(self.head.canvas(grey * CONTEXT_UNIT), ONE)
+        rows = torch.cat([decoded.flatten(2).transpose(1, 2), context], 2)  # [n, H * W, inputs]
+        passes = self.head.passes  # [passes, m]
+        by_pass = torch.from_numpy(x.reshape(n, -1))[:, passes].transpose(0, 1)  # [passes, n, m]
+        rows = rows[:, passes].transpose(0, 1)  # [passes, n, m, inputs]
+        step = max(1, PUSH_ROWS // by_pass[0].numel())
+        for start in reversed(range(0, len(passes), step)):
+            part = slice(start, start + step)
+            parameters = self.network.pixel_parameters(rows[part].flatten(0, 2))
+            self._push_positions(coder, by_pass[part].flatten(1).numpy(), parameters)
 
     def _pop_image_pixels(self, coder, decoded: torch.Tensor, shape: tuple) -> np.ndarray:
-        """Pop a group's pixels, ``[n, H, W]``; autoregressive: position by position, each
-        position's parameters from the pixels popped before it."""
+        """Pop a group's pixels, ``[n, H, W]``; autoregressive: pass by pass
+        (``PixelHead.run_passes``), each pass's parameters from the pixels of the passes
+        popped before it."""
         if self.head is None:
             return self._pop_pixels(coder, pixel_rows(decoded)).reshape(shape)
-        n = shape[0]
-        features = decoded.flatten(2)
-        canvas = self.head.empty_canvas(n, features)
-        grey = self.grey_step * CONTEXT_UNIT
-        image = np.zeros((features.shape[2], n), dtype=np.int32)
-        for position in range(len(image)):
-            context = self.head.context(canvas, position)
-            rows = self.network.pixel_parameters(torch.cat([features[:, :, position], context], 1))
-            image[position] = self._pop_pixels(coder, rows)
-            self.head.set_pixel(canvas, position, torch.from_numpy(image[position] * grey))
-        return image.T.reshape(shape)
+
+        def step(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            symbols = torch.from_numpy(self._pop_pixels(coder, self.network.pixel_parameters(rows)))
+            return symbols, symbols.long() * self.grey_step
+
+        return self.head.run_passes(decoded.flatten(2), step, ONE).numpy().reshape(shape)
 
     def _zero_frequencies(self, rows: torch.Tensor) -> np.ndarray:
         """Frequencies of (not 0, 0) for each pixel: the first symbol of an 8-bit pixel.
@@ -228,14 +266,23 @@ class BitsBackCodec:
         return _floats(exact_likelihoods.zero_frequencies(self.loss, rows).clamp_(min=1))
 
     def _value_frequencies(self, rows: torch.Tensor) -> np.ndarray:
-        """Frequencies of the values 1..levels-1 (the second symbol of a pixel that is not 0;
-        for binary pixels, of both values)."""
-        table = exact_likelihoods.frequencies(self.loss, rows).clamp_(min=1)
-        return _floats(table[:, 1:] if self.split_zero else table)
+        """Frequencies of both values of a binary pixel."""
+        return _floats(exact_likelihoods.frequencies(self.loss, rows).clamp_(min=1))
+
+    def _bin_frequencies(self, rows: torch.Tensor) -> np.ndarray:
+        """Frequencies of the 16 bins of a pixel that is not 0 (its second symbol)."""
+        return _floats(exact_likelihoods.bin_frequencies(self.loss, rows).clamp_(min=1))
+
+    def _in_bin_frequencies(self, rows: torch.Tensor, bins: np.ndarray) -> np.ndarray:
+        """Frequencies of the 16 values in each pixel's bin (its third symbol)."""
+        bins = torch.from_numpy(bins.astype(np.int64))
+        return _floats(exact_likelihoods.in_bin_frequencies(self.loss, rows, bins).clamp_(min=1))
 
     def _push_positions(self, coder, values: np.ndarray, rows: torch.Tensor) -> None:
-        """Push the pixels of ``k`` positions, ``values`` ``[k, n]`` with their parameter
-        ``rows`` position after position, the last position first."""
+        """Push the pixels of ``k`` passes, ``values`` ``[k, n]`` with their parameter
+        ``rows``, pass after pass, the last first: per pass, whether each pixel is 0, then
+        each non-zero pixel's bin of 16 values, then its place in the bin (``_pop_pixels``
+        pops them in that order)."""
         k, n = values.shape
         flat = values.reshape(-1).astype(np.int32)
         if not self.split_zero:
@@ -247,15 +294,18 @@ class BitsBackCodec:
             return
         nonzero = flat != 0
         zero_table = self._zero_frequencies(rows)
-        value_table = self._value_frequencies(rows[torch.from_numpy(np.flatnonzero(nonzero))])
-        ends = np.cumsum(nonzero.reshape(k, n).sum(1))  # nonzero pixels up to each position's end
+        value = flat[nonzero] - 1
+        bins, places = value // BIN, value % BIN
+        nonzero_rows = rows[torch.from_numpy(np.flatnonzero(nonzero))]
+        bin_table = self._bin_frequencies(nonzero_rows)
+        place_table = self._in_bin_frequencies(nonzero_rows, bins)
+        ends = np.cumsum(nonzero.reshape(k, n).sum(1))  # nonzero pixels up to each pass's end
         for p in reversed(range(k)):
             at = slice(p * n, (p + 1) * n)
-            first = ends[p - 1] if p else 0
-            if ends[p] > first:  # pushed first: popped after the zero flags that locate them
-                coder.encode_reverse(
-                    flat[at][nonzero[at]] - 1, self.categorical, value_table[first : ends[p]]
-                )
+            some = slice(ends[p - 1] if p else 0, ends[p])
+            if ends[p] > some.start:  # pushed first: popped after the zero flags that locate them
+                coder.encode_reverse(places[some], self.categorical, place_table[some])
+                coder.encode_reverse(bins[some], self.categorical, bin_table[some])
             flags = (~nonzero[at]).astype(np.int32)
             coder.encode_reverse(flags, self.categorical, zero_table[at])
 
@@ -267,9 +317,10 @@ class BitsBackCodec:
         nonzero = flags == 0
         index = torch.from_numpy(np.flatnonzero(nonzero))
         if len(index):
-            values[nonzero] = 1 + coder.decode(
-                self.categorical, self._value_frequencies(rows[index])
-            )
+            some = rows[index]
+            bins = coder.decode(self.categorical, self._bin_frequencies(some))
+            places = coder.decode(self.categorical, self._in_bin_frequencies(some, bins))
+            values[nonzero] = 1 + BIN * bins + places
         return values
 
     def _startup_words(self) -> np.ndarray:
@@ -303,8 +354,7 @@ class BitsBackCodec:
             x = images[part]
             n = len(x)
             before = coder.num_words()
-            low, posterior = self._posterior(x)
-            z = low + coder.decode(self.categorical, posterior)  # bits back
+            z = self._posterior(x).pop(coder, self.categorical)  # bits back
             self._push_image_pixels(coder, x, self._decoded(z, n))
             coder.encode_reverse((z + GRID).astype(np.int32), self.prior)
             _pad(coder, before + n * self.min_words, group)
@@ -353,10 +403,7 @@ class BitsBackCodec:
                 z = coder.decode(self.prior, n * latent_dim) - GRID
                 x = self._pop_image_pixels(coder, self._decoded(z, n), (n, h, w))
                 decoded.append(x.astype(np.uint8))
-                low, posterior = self._posterior(decoded[-1])
-                if not np.all((z >= low) & (z < low + posterior.shape[1])):
-                    raise ValueError("a latent outside its posterior's window")
-                coder.encode_reverse((z - low).astype(np.int32), self.categorical, posterior)
+                self._posterior(decoded[-1]).push(coder, self.categorical, z)
                 if coder.num_words() != ends[group]:
                     raise ValueError("a coding group that does not end where the file says")
                 if progress:

@@ -435,7 +435,7 @@ class LossyCodec:
         if learned is not None:  # trained for the average over the cell: one picture each
             count = 1
         # Each distinct code once: at the coarse levels many digits share one (and the
-        # autoregressive decoder's pictures take 784 steps per batch).
+        # autoregressive decoder's pictures take a step per pass of its schedule).
         codes, inverse = np.unique(codes, axis=0, return_inverse=True)
         pictures = []
         chunk = LEARNED_BATCH if learned is not None else BATCH * 10 // count

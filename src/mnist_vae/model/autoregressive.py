@@ -1,20 +1,32 @@
-"""The autoregressive pixel head: each pixel's distribution also sees the pixels already coded.
+"""The autoregressive pixel head: each pixel's distribution also sees pixels already known.
 
 A factorized decoder gives every pixel its distribution from ``z`` alone, so it pays again
-for what the pixel to the left and the one above already said (where a stroke's edge is,
-how thick it is). The head (after PixelVAE, Gulrajani et al. 2017, kept local) reads, for
-each pixel, the decoder's ``features`` channels there and the ``context``: the pixels of a
-``(2r + 1)``-wide window that come before it in raster order (the ``r`` rows above it and
-the ``r`` pixels to its left), and turns them with a small per-pixel network into the
-likelihood's parameters.
+for what the neighbouring pixels already said (where a stroke's edge is, how thick it is).
+The head (after PixelVAE, Gulrajani et al. 2017, kept local) reads, for each pixel, the
+decoder's ``features`` channels there and the ``context``: the pixels of a ``(2r + 1)``-wide
+window around it that are known before it, and turns them with a small per-pixel network
+into the likelihood's parameters.
 
-Trained with teacher forcing, the whole image at once (the true pixels are the context).
-Decoded, it runs one position at a time over a batch of images: 784 small steps, each
-reading only pixels that are already known. Both read the context with the same index
-table (``PixelHead.context``), and the floating-point and the integer network
-(``fixed_point``) both run the per-pixel network on rows of ``features + context``
-numbers, so a position's parameters are the same whether the image is done at once or a
-pixel at a time.
+**Which pixels are known first is the pass schedule** (``PASS_SCHEDULES``). Pixels are
+decoded in passes; a pass predicts all of its pixels at once from the pixels of earlier
+passes, so decoding takes as many sequential steps as the schedule has passes:
+
+* ``raster``: one pixel per pass, 784 passes; the context is the ``r`` rows above and the
+  ``r`` pixels to the left (PixelCNN's order);
+* ``passes-N`` (N = 2, 4, 8, 16): the 4 x 4 lattice's 16 offsets, coarse to fine
+  (``COARSE_TO_FINE``), cut into N passes. ``passes-2`` is the checkerboard (He et al.
+  2021), ``passes-4`` the 2 x 2 lattice (even rows and columns, then odd-odd, then the
+  rest), ``passes-16`` every offset of the 4 x 4 lattice alone. A pixel sees its whole
+  window, below and to the right too, wherever the pixel there came in an earlier pass,
+  and which pass it is in (one input per pass).
+
+Trained with teacher forcing, the whole image at once: the true pixels are the context,
+each masked to what its pixel's pass knows. Decoded, ``run_passes`` runs the passes over a
+batch of images, each reading only pixels that are already known. It is the one loop over
+the passes: the pictures (``decode``, in floats) and the lossless codec (in integers,
+``fixed_point``) each give it what a pass needs, and because the per-pixel network runs on
+rows of ``features + context + pass`` numbers either way, a pixel's parameters are the
+same whether its image is done at once or a pass at a time.
 
 A pixel enters the context as its grey level ``k / 256`` (integers ``k`` 0..255, so the
 integer network reads it exactly as ``k << 8`` at ``2^-16``); outside the image it is 0,
@@ -28,10 +40,18 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..params import PASS_SCHEDULES
 from .likelihoods import LEVELS, pixel_rows
 
 CONTEXT_SCALE = 256
 """a grey level ``k`` enters the context as ``k / CONTEXT_SCALE``"""
+
+COARSE_TO_FINE = (
+    (0, 0), (2, 2), (0, 2), (2, 0), (1, 1), (3, 3), (1, 3), (3, 1),
+    (0, 1), (2, 3), (0, 3), (2, 1), (1, 0), (3, 2), (1, 2), (3, 0),
+)  # fmt: skip
+"""the offsets of a 4 x 4 block in decoding order: the 2 x 2 lattice's corners, its centres,
+then the rest; ``passes-N`` puts ``16 / N`` consecutive offsets in each pass"""
 
 
 def causal_offsets(radius: int) -> list[tuple[int, int]]:
@@ -40,51 +60,129 @@ def causal_offsets(radius: int) -> list[tuple[int, int]]:
     return rows + [(0, dx) for dx in range(-radius, 0)]
 
 
+def window_offsets(radius: int) -> list[tuple[int, int]]:
+    """Every offset of the ``(2r + 1)``-wide window but its centre."""
+    span = range(-radius, radius + 1)
+    return [(dy, dx) for dy in span for dx in span if (dy, dx) != (0, 0)]
+
+
+def pass_of_pixels(schedule: str, size: int) -> torch.Tensor:
+    """The pass of every pixel of a ``size x size`` image, ``[size * size]`` int64."""
+    if schedule == "raster":
+        return torch.arange(size * size)
+    if schedule not in PASS_SCHEDULES:
+        raise ValueError(f"unknown pass schedule {schedule!r}; known: {PASS_SCHEDULES}")
+    if size % 4:
+        raise ValueError(f"a {schedule} head needs an image size divisible by 4; got {size}")
+    passes = int(schedule.removeprefix("passes-"))
+    rank = torch.empty(4, 4, dtype=torch.int64)
+    for i, (dy, dx) in enumerate(COARSE_TO_FINE):
+        rank[dy, dx] = i
+    lattice = torch.arange(size) % 4
+    return (rank[lattice][:, lattice] * passes // len(COARSE_TO_FINE)).flatten()
+
+
 class PixelHead(nn.Module):
-    """The per-pixel network: ``features + context`` numbers in, ``channels`` out."""
+    """The per-pixel network: ``features + context + passes`` numbers in, ``channels`` out."""
 
     def __init__(
-        self, features: int, channels: int, hidden: int, radius: int, size: int, slope: float
+        self,
+        features: int,
+        channels: int,
+        hidden: int,
+        radius: int,
+        size: int,
+        slope: float,
+        schedule: str = "raster",
     ) -> None:
         super().__init__()
-        self.radius, self.size = radius, size
-        offsets = causal_offsets(radius)
+        self.radius, self.size, self.schedule = radius, size, schedule
+        raster = schedule == "raster"
+        offsets = causal_offsets(radius) if raster else window_offsets(radius)
+        pass_of = pass_of_pixels(schedule, size)
+        self.pass_inputs = 0 if raster else int(pass_of.max()) + 1
         self.network = nn.Sequential(
-            nn.Linear(features + len(offsets), hidden),
+            nn.Linear(features + len(offsets) + self.pass_inputs, hidden),
             nn.LeakyReLU(slope),
             nn.Linear(hidden, hidden),
             nn.LeakyReLU(slope),
             nn.Linear(hidden, channels),
         )
-        # Index of each (offset, position) in the padded canvas, flattened: [context, H * W].
-        self.width = width = size + 2 * radius  # the canvas: radius columns each side, radius above
+        # The canvas: the image with ``radius`` zeros on every side, flattened.
+        self.width = width = size + 2 * radius
         rows = torch.arange(size).repeat_interleave(size)
         cols = torch.arange(size).repeat(size)
         index = [(rows + radius + dy) * width + cols + radius + dx for dy, dx in offsets]
-        self.register_buffer("index", torch.stack(index), persistent=False)
+        self.register_buffer("index", torch.stack(index), persistent=False)  # [context, H * W]
+        self.register_buffer("target", (rows + radius) * width + cols + radius, persistent=False)
+        # Whether each offset of each pixel is known before it: an earlier pass, or outside
+        # the image (where the canvas holds zeros either way).
+        inside = [
+            (rows + dy >= 0) & (rows + dy < size) & (cols + dx >= 0) & (cols + dx < size)
+            for dy, dx in offsets
+        ]
+        earlier = [
+            pass_of[((rows + dy) * size + cols + dx).clamp(0, size * size - 1)] < pass_of
+            for dy, dx in offsets
+        ]
+        known = torch.stack([~i | e for i, e in zip(inside, earlier, strict=True)])
+        self.register_buffer("known", known, persistent=False)  # [context, H * W]
+        codes = (pass_of[:, None] == torch.arange(self.pass_inputs)).long()
+        self.register_buffer("pass_code", codes, persistent=False)  # [H * W, passes]
+        order = torch.argsort(pass_of, stable=True)
+        self.register_buffer("passes", order.view(int(pass_of.max()) + 1, -1), persistent=False)
+        """the pixels of each pass, ``[passes, pixels per pass]`` (every pass the same size)"""
 
     def canvas(self, levels: torch.Tensor) -> torch.Tensor:
         """Pixels ``[N, 1, H, W]`` (in context units) padded with the zeros that the window
-        reads beyond the image, flattened: ``[N, (H + r) * (W + 2 r)]``."""
+        reads beyond the image, flattened: ``[N, (H + 2 r) * (W + 2 r)]``."""
         r = self.radius
-        return nn.functional.pad(levels[:, 0], (r, r, r, 0)).flatten(1)
+        return nn.functional.pad(levels[:, 0], (r, r, r, r)).flatten(1)
 
     def empty_canvas(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """A canvas of ``n`` black images, for decoding into (same dtype as ``like``)."""
-        rows = self.size + self.radius
-        return torch.zeros(n, rows * self.width, dtype=like.dtype, device=like.device)
+        return torch.zeros(n, self.width**2, dtype=like.dtype, device=like.device)
 
-    def context(self, canvas: torch.Tensor, position: int | None = None) -> torch.Tensor:
-        """The context of every pixel, ``[N, H * W, context]``, or of one position,
-        ``[N, context]``."""
-        if position is None:
-            return canvas[:, self.index].transpose(1, 2)
-        return canvas[:, self.index[:, position]]
+    def context(self, canvas: torch.Tensor, unit: float | int = 1.0) -> torch.Tensor:
+        """What every pixel reads besides the features, ``[N, H * W, context + passes]``:
+        its window's pixels masked to those known before it, then its pass's one-hot code
+        (``unit`` is 1 in the canvas's arithmetic: 1.0, or ``2^16`` for the integer network)."""
+        context = canvas[:, self.index] * self.known.to(canvas.dtype)  # [N, context, H * W]
+        parts = [context.transpose(1, 2)]
+        if self.pass_inputs:
+            code = (self.pass_code * unit).to(canvas.dtype)
+            parts.append(code.expand(len(canvas), *code.shape))
+        return torch.cat(parts, 2)
 
-    def set_pixel(self, canvas: torch.Tensor, position: int, value: torch.Tensor) -> None:
-        """Write the decoded pixels of one position into the canvas (in context units)."""
-        row, col = divmod(position, self.size)
-        canvas[:, (row + self.radius) * self.width + col + self.radius] = value
+    def run_passes(
+        self,
+        features: torch.Tensor,
+        step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        unit: float | int = 1.0,
+    ) -> torch.Tensor:
+        """Decode images pass by pass: the one loop over the schedule. ``features`` ``[N, F,
+        H * W]`` are the decoder's; ``step`` turns the rows of ``features + context +
+        passes`` numbers of a pass's pixels (``[N * m, inputs]``, image by image) into their
+        values (what the caller wants back) and grey levels ``0..255`` (which the next passes
+        read); ``unit`` is 1 in the rows' arithmetic (1.0 in floats, ``2^16`` in the integer
+        network's). Returns the values ``[N, H * W]``."""
+        n = len(features)
+        canvas = self.empty_canvas(n, features)
+        values = None
+        scale = unit / CONTEXT_SCALE
+        for k, pixels in enumerate(self.passes):
+            parts = [features[:, :, pixels], canvas[:, self.index[:, pixels]]]
+            if self.pass_inputs:
+                code = torch.zeros(n, self.pass_inputs, len(pixels), dtype=features.dtype)
+                code[:, k] = unit
+                parts.append(code)
+            rows = torch.cat(parts, 1).transpose(1, 2).flatten(0, 1)
+            got, levels = step(rows)
+            if values is None:
+                values = torch.zeros(n, self.size**2, dtype=got.dtype, device=got.device)
+            values[:, pixels] = got.view(n, -1)
+            canvas[:, self.target[pixels]] = (levels.view(n, -1) * scale).to(canvas.dtype)
+        return values
 
     def _canvas_of(self, x: torch.Tensor) -> torch.Tensor:
         """The canvas of images ``x`` (``[N, 1, H, W]`` in [0, 1])."""
@@ -121,7 +219,7 @@ class PixelHead(nn.Module):
     @property
     def _split(self) -> int:
         """Where the features end and the context begins in the first layer's inputs."""
-        return self.network[0].in_features - len(self.index)
+        return self.network[0].in_features - len(self.index) - self.pass_inputs
 
     @staticmethod
     def _as_images(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -132,22 +230,12 @@ class PixelHead(nn.Module):
     def decode(
         self, features: torch.Tensor, choose: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """Images ``[N, 1, H, W]`` in [0, 1] decoded a position at a time: ``choose`` turns one
-        position's parameters (``[N, channels]``) into its pixel values in [0, 1].
+        """Images ``[N, 1, H, W]`` in [0, 1] decoded pass by pass: ``choose`` turns a pass's
+        parameters (``[M, channels]``) into its pixel values in [0, 1]."""
 
-        The features' share of the first layer is computed for every position at once; a
-        step adds the context's share and runs the rest of the network on ``N`` rows."""
+        def step(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            values = choose(self.network(rows))
+            return values, torch.round(values * (LEVELS - 1))
+
         n, _, h, w = features.shape
-        first, rest = self.network[0], self.network[1:]
-        split = self._split
-        known = nn.functional.linear(pixel_rows(features), first.weight[:, :split], first.bias)
-        known = known.view(n, h * w, -1)
-        canvas = self.empty_canvas(n, features)
-        image = torch.empty(n, h * w, dtype=features.dtype, device=features.device)
-        for position in range(h * w):
-            context = self.context(canvas, position)
-            hidden = torch.addmm(known[:, position], context, first.weight[:, split:].T)
-            image[:, position] = choose(rest(hidden))
-            levels = torch.round(image[:, position] * (LEVELS - 1))
-            self.set_pixel(canvas, position, levels / CONTEXT_SCALE)
-        return image.view(n, 1, h, w)
+        return self.run_passes(features.flatten(2), step).view(n, 1, h, w)

@@ -74,8 +74,11 @@ class VAEConfig:
     head_hidden: int = 32
     """autoregressive: units of the pixel head's two hidden layers"""
     context_radius: int = 3
-    """autoregressive: the context is the ``r`` rows above and ``r`` pixels left of a pixel,
-    ``2r + 1`` wide (r = 3: 24 pixels)"""
+    """autoregressive: the context is the known pixels of the ``2r + 1``-wide window around
+    a pixel (r = 3, raster: the 24 pixels above and to its left)"""
+    pass_schedule: str = "raster"
+    """autoregressive: the order pixels are decoded in (``autoregressive.PASS_SCHEDULES``):
+    ``raster``, one pixel at a time; ``passes-N``, N passes of many pixels each"""
     lossy_decoder: bool = False
     """whether the model carries the lossy codec's own decoder (``lossy_decoder``),
     trained for squared error after the VAE; without it a code decodes to the model's
@@ -163,6 +166,7 @@ class ConvVAE(nn.Module):
                 config.context_radius,
                 config.image_size,
                 config.negative_slope,
+                config.pass_schedule,
             )
 
         self.lossy_decoder: LossyDecoder | None = None
@@ -221,11 +225,12 @@ class ConvVAE(nn.Module):
         nll = (likelihood(loss) if loss else self.likelihood).nll(params, target)
         return -nll.view(n, m)
 
-    def mean_image(self, z: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    def mean_image(self, z: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """The model's picture of ``z``, in [0, 1]: the expected image under p(x|z) (for
         ``bce``: the pixel probabilities; ``exact=False``: a closed form where the exact mean
         is a long sum, see likelihoods). For the autoregressive decoder, the picture is built
-        in raster order, each pixel the expected value given ``z`` and the picture so far."""
+        pass by pass, each pixel the expected value given ``z`` and the pixels of earlier
+        passes (rounded to grey levels, as the head reads them)."""
         if self.pixel_head is None:
             return self.likelihood.mean(self.decode(z), exact)
 

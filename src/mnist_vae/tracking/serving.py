@@ -103,9 +103,10 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
         self.model = load_model(folder)
         self.codec = LossyCodec(self.model, weights_sha256(folder))
         # Without picture processes (outside a server, or MNIST_VAE_PICTURE_PROCESSES=0) the
-        # autoregressive pictures take turns: a picture is 784 steps of a few small torch
-        # calls each, so in threads side by side they fight over the GIL between every call
-        # (four 64-latent decodes in four threads: 2.0 s, against 0.77 s one after another).
+        # autoregressive pictures take turns: a picture is a step per pass (784 for the raster
+        # head) of a few torch calls each, so in threads side by side they fight over the GIL
+        # between every call (raster, four 64-latent decodes in four threads: 2.0 s, against
+        # 0.77 s one after another).
         # The codec modes do not wait for a turn.
         autoregressive = self.model.pixel_head is not None
         self._picture_turn = threading.Lock() if autoregressive else contextlib.nullcontext()

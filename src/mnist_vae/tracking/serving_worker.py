@@ -9,8 +9,9 @@ thread of the worker (``asyncio.to_thread``). Two things follow, measured in
   ``compress`` of 2 ms waited behind pictures of a quarter of a second (``compress`` p99
   520 ms at 16 users). ``widen_request_threads`` gives the worker as many threads as it
   may have users.
-- A picture from the autoregressive decoder is 784 steps of a few small torch calls: two
-  in threads of one process only fight over the GIL, and uvicorn hands *connections*,
+- A picture from the autoregressive decoder is a step per pass of its schedule, each a
+  few torch calls (784 small ones for the raster head, a handful of large ones for
+  ``passes-N``): two in threads of one process fight over the GIL between calls, and uvicorn hands *connections*,
   not requests, to its workers, so one worker often holds every keep-alive client while
   another idles. ``PictureProcesses`` draws the pictures in processes of the worker's
   own, one per core: each request goes to whichever is free, and a single worker uses
