@@ -86,7 +86,7 @@ class ModelParams:
     decoder: str = one_of(DECODER_NAMES, "autoregressive")
     """``factorized``: each pixel from z alone; ``autoregressive``: also from the pixels
     decoded before it nearby (a local pixel head)"""
-    pass_schedule: str = one_of(PASS_SCHEDULES, "passes-8")
+    pass_schedule: str = one_of(PASS_SCHEDULES, "raster")
     """autoregressive: ``raster``, one pixel at a time (784 steps); ``passes-N`` (2, 4, 8,
     16): N passes of many pixels each, every pixel seeing the known pixels of its window"""
     sampler_components: int = at_least(0, 50)

@@ -133,10 +133,11 @@ def gaussian_cdf(mean: torch.Tensor, inv_std: torch.Tensor, edges: torch.Tensor)
 
 @dataclass(frozen=True)
 class Window:
-    """Each latent's posterior on the grid, over a window of ``width`` points from ``low``,
-    popped in two symbols: its bucket of ``BUCKET`` points (``buckets``: the table), then
-    the point in the bucket (``places``). The same probability as one table of ``width``
-    points, at about ``width / BUCKET + BUCKET`` CDF values per latent instead of ``width``."""
+    """Each latent's posterior on the grid, over a window of ``width`` points from ``low``
+    (whole buckets, inside the grid), popped in two symbols: its bucket of ``BUCKET`` points
+    (``buckets``: the table), then the point in the bucket (``places``). The same
+    probability as one table of ``width`` points, at about ``width / BUCKET + BUCKET`` CDF
+    values per latent instead of ``width``."""
 
     low: np.ndarray
     width: int
@@ -145,12 +146,14 @@ class Window:
     buckets: np.ndarray
 
     def places(self, bucket: np.ndarray) -> np.ndarray:
-        """The table of the points in each latent's bucket ``bucket``, ``[rows, BUCKET]``
-        (0 for the places past the window's end)."""
+        """The table of the points in each latent's bucket ``bucket``, ``[rows, BUCKET]``;
+        at least 1 each, so that a bucket the coder popped against its zero probability
+        (from the words of other images, in compression) still has a table."""
         low = torch.from_numpy(self.low)[:, None]
-        start = low + BUCKET * torch.from_numpy(bucket.astype(np.int64))[:, None]
-        edges = torch.minimum(start + torch.arange(BUCKET + 1), low + self.width)
-        return _floats(torch.diff(gaussian_cdf(self.mean, self.inv_std, edges), dim=1))
+        edges = low + BUCKET * torch.from_numpy(bucket.astype(np.int64))[:, None]
+        edges = edges + torch.arange(BUCKET + 1)
+        table = torch.diff(gaussian_cdf(self.mean, self.inv_std, edges), dim=1)
+        return _floats(table.clamp_(min=1))
 
     def pop(self, coder, categorical) -> np.ndarray:
         """The grid points (``[rows]``, int64) read off the stack: bits back."""
@@ -208,13 +211,15 @@ class BitsBackCodec:
         inv_std = exp(-half_logvar, ACTIVATION_BITS) >> 4  # 1/std at 2^-20
         std = exp(half_logvar, ACTIVATION_BITS)  # at 2^-24
         half = ((POSTERIOR_WIDTH * std) >> (24 - LATENT_BITS)) + 2  # grid points each side
-        width = int(min(2 * half.max() + 1, 2 * GRID + 1))
+        # Whole buckets, inside the grid: the coder may pop any bucket or place its table
+        # lists (constriction gives even a zero a little probability), so every place of
+        # every bucket must be a grid point. The widest window leaves out the grid's last
+        # point (a posterior 8 prior deviations from 0 on a dimension it does not use).
+        width = min(-(-int(2 * half.max() + 1) // BUCKET) * BUCKET, 2 * GRID)
         grid_mean = mean << LATENT_BITS  # in grid steps at 2^-16
         centre = (grid_mean + (1 << (ACTIVATION_BITS - 1))) >> ACTIVATION_BITS
         low = (centre - width // 2).clamp(-GRID, GRID - width + 1)
-        edges = torch.minimum(
-            low[:, None] + BUCKET * torch.arange(-(-width // BUCKET) + 1), low[:, None] + width
-        )
+        edges = low[:, None] + BUCKET * torch.arange(width // BUCKET + 1)
         buckets = torch.diff(gaussian_cdf(grid_mean, inv_std, edges), dim=1)
         return Window(low.numpy(), width, grid_mean, inv_std, _floats(buckets))
 
@@ -321,6 +326,8 @@ class BitsBackCodec:
             bins = coder.decode(self.categorical, self._bin_frequencies(some))
             places = coder.decode(self.categorical, self._in_bin_frequencies(some, bins))
             values[nonzero] = 1 + BIN * bins + places
+            if values.max() >= self.levels:  # the place past 255: only in damaged words
+                raise ValueError("a pixel value beyond 255")
         return values
 
     def _startup_words(self) -> np.ndarray:

@@ -166,22 +166,25 @@ class PixelHead(nn.Module):
         values (what the caller wants back) and grey levels ``0..255`` (which the next passes
         read); ``unit`` is 1 in the rows' arithmetic (1.0 in floats, ``2^16`` in the integer
         network's). Returns the values ``[N, H * W]``."""
-        n = len(features)
+        n, m = len(features), self.passes.shape[1]
         canvas = self.empty_canvas(n, features)
+        # Everything a pass reads, laid out as its rows: the features once, in pass order.
+        by_pass = features[:, :, self.passes.flatten()].transpose(1, 2)  # [N, H * W, F]
+        by_pass = by_pass.reshape(n, len(self.passes), m, -1)
+        window = self.index.T[self.passes]  # [passes, m, context]: canvas places read
         values = None
         scale = unit / CONTEXT_SCALE
         for k, pixels in enumerate(self.passes):
-            parts = [features[:, :, pixels], canvas[:, self.index[:, pixels]]]
+            parts = [by_pass[:, k], canvas[:, window[k]]]  # [N, m, F], [N, m, context]
             if self.pass_inputs:
-                code = torch.zeros(n, self.pass_inputs, len(pixels), dtype=features.dtype)
-                code[:, k] = unit
+                code = torch.zeros(n, m, self.pass_inputs, dtype=features.dtype)
+                code[:, :, k] = unit
                 parts.append(code)
-            rows = torch.cat(parts, 1).transpose(1, 2).flatten(0, 1)
-            got, levels = step(rows)
+            got, levels = step(torch.cat(parts, 2).view(n * m, -1))
             if values is None:
                 values = torch.zeros(n, self.size**2, dtype=got.dtype, device=got.device)
-            values[:, pixels] = got.view(n, -1)
-            canvas[:, self.target[pixels]] = (levels.view(n, -1) * scale).to(canvas.dtype)
+            values[:, pixels] = got.view(n, m)
+            canvas[:, self.target[pixels]] = (levels.view(n, m) * scale).to(canvas.dtype)
         return values
 
     def _canvas_of(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,11 @@ thread of the worker (``asyncio.to_thread``). Two things follow, measured in
   may have users.
 - A picture from the autoregressive decoder is a step per pass of its schedule, each a
   few torch calls (784 small ones for the raster head, a handful of large ones for
-  ``passes-N``): two in threads of one process fight over the GIL between calls, and uvicorn hands *connections*,
-  not requests, to its workers, so one worker often holds every keep-alive client while
-  another idles. ``PictureProcesses`` draws the pictures in processes of the worker's
-  own, one per core: each request goes to whichever is free, and a single worker uses
-  every core.
+  ``passes-N``): two in threads of one process fight over the GIL between calls, and
+  uvicorn hands *connections*, not requests, to its workers, so one worker often holds
+  every keep-alive client while another idles. ``PictureProcesses`` draws the pictures in
+  processes of the worker's own, one per core: each request goes to whichever is free,
+  and a single worker uses every core.
 """
 
 from __future__ import annotations
