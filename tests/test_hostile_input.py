@@ -75,15 +75,24 @@ def digits(mnist_mirror) -> np.ndarray:
 
 
 def _folder(tmp_path_factory, decoder: str):
+    """A model folder: ``factorized``, ``autoregressive`` (the raster head) or an
+    autoregressive head with a pass schedule (``passes-8``)."""
     folder = tmp_path_factory.mktemp(decoder)
-    config = VAEConfig(latent_dim=4, likelihood="logistic_mixture", decoder=decoder)
+    schedule = decoder if decoder.startswith("passes") else "raster"
+    config = VAEConfig(
+        latent_dim=4,
+        likelihood="logistic_mixture",
+        decoder="factorized" if decoder == "factorized" else "autoregressive",
+        pass_schedule=schedule,
+    )
     save_model(seeded_model(config, 0), folder)
     return folder
 
 
-@pytest.fixture(scope="module", params=["factorized", "autoregressive"])
+@pytest.fixture(scope="module", params=["factorized", "autoregressive", "passes-8"])
 def lossless(request, tmp_path_factory, digits):
-    """(codec, file, the images in it, the model folder) for a lossless file of each decoder."""
+    """(codec, file, the images in it, the model folder) for a lossless file of each decoder
+    and head."""
     folder = _folder(tmp_path_factory, request.param)
     codec = BitsBackCodec.from_folder(folder)
     return codec, codec.compress(digits), digits, folder
