@@ -177,7 +177,7 @@ class PixelHead(nn.Module):
         for k, pixels in enumerate(self.passes):
             parts = [by_pass[:, k], canvas[:, window[k]]]  # [N, m, F], [N, m, context]
             if self.pass_inputs:
-                code = torch.zeros(n, m, self.pass_inputs, dtype=features.dtype)
+                code = features.new_zeros(n, m, self.pass_inputs)
                 code[:, :, k] = unit
                 parts.append(code)
             got, levels = step(torch.cat(parts, 2).view(n * m, -1))
