@@ -23,7 +23,7 @@ from mnist_vae.compression.lossy import fit_lossy_decoder
 from mnist_vae.data import OFFICIAL_MIRRORS, dataset_digest, load_images, load_test_images
 from mnist_vae.model.folder import WEIGHTS_FILE
 from mnist_vae.model.sampler import check_sampler, fit_sampler
-from mnist_vae.model.vae import VAEConfig, save_model
+from mnist_vae.model.vae import config_from_params, save_model
 from mnist_vae.params import load_params
 from mnist_vae.progress import bar_over
 from mnist_vae.stage import run, write_metrics
@@ -65,10 +65,7 @@ def main() -> None:
         if resume and (missed := mlflow_run.log_missing_epochs(resume["history"])):
             print(f"train: logged epochs {missed} that the MLflow server missed before the "
                   f"interruption to run {mlflow_run.run_id}", flush=True)  # fmt: skip
-        config = VAEConfig(params.latent_dim, params.model.arch, likelihood=params.train.loss,
-                           sampler_components=params.model.sampler_components,
-                           decoder=params.model.decoder,
-                           pass_schedule=params.model.pass_schedule)  # fmt: skip
+        config = config_from_params(params)
         model = seeded_model(config, params.seed)
         result = fit(model, train_x, test_x, params, plan, on_epoch=mlflow_run.log_epoch,
                      checkpoint=checkpoint, resume=resume)  # fmt: skip

@@ -10,10 +10,11 @@ from mnist_vae.model.vae import (
     VAEConfig,
     VAEOutput,
     build_model,
+    config_from_params,
     load_model,
     save_model,
 )
-from mnist_vae.params import ARCH_NAMES, DECODER_NAMES
+from mnist_vae.params import ARCH_NAMES, DECODER_NAMES, ModelParams, Params, TrainParams
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -134,3 +135,19 @@ def test_unknown_decoder():
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model(VAEConfig(arch="mlp-9000"))
+
+
+def test_the_params_model_keys_all_reach_the_config():
+    """The train stage builds its model from params.yaml through ``config_from_params``:
+    every model key set to something other than its default lands in the config."""
+    model = ModelParams(
+        arch="conv", decoder="factorized", pass_schedule="passes-4", sampler_components=3
+    )
+    params = Params(latent_dim=7, model=model, train=TrainParams(loss="bce"))
+    config = config_from_params(params)
+    assert (config.latent_dim, config.arch, config.likelihood) == (7, "conv", "bce")
+    assert (config.decoder, config.pass_schedule, config.sampler_components) == (
+        "factorized",
+        "passes-4",
+        3,
+    )

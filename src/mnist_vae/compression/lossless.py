@@ -140,10 +140,13 @@ class Window:
     values per latent instead of ``width``."""
 
     low: np.ndarray
-    width: int
     mean: torch.Tensor
     inv_std: torch.Tensor
     buckets: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return BUCKET * self.buckets.shape[1]
 
     def places(self, bucket: np.ndarray) -> np.ndarray:
         """The table of the points in each latent's bucket ``bucket``, ``[rows, BUCKET]``;
@@ -221,7 +224,7 @@ class BitsBackCodec:
         low = (centre - width // 2).clamp(-GRID, GRID - width + 1)
         edges = low[:, None] + BUCKET * torch.arange(width // BUCKET + 1)
         buckets = torch.diff(gaussian_cdf(grid_mean, inv_std, edges), dim=1)
-        return Window(low.numpy(), width, grid_mean, inv_std, _floats(buckets))
+        return Window(low.numpy(), grid_mean, inv_std, _floats(buckets))
 
     def _decoded(self, z: np.ndarray, count: int) -> torch.Tensor:
         """The exact decoder's output for grid latents ``z``: the parameters of every pixel

@@ -100,7 +100,8 @@ class PixelHead(nn.Module):
         raster = schedule == "raster"
         offsets = causal_offsets(radius) if raster else window_offsets(radius)
         pass_of = pass_of_pixels(schedule, size)
-        self.pass_inputs = 0 if raster else int(pass_of.max()) + 1
+        count = int(pass_of.max()) + 1
+        self.pass_inputs = 0 if raster else count
         self.network = nn.Sequential(
             nn.Linear(features + len(offsets) + self.pass_inputs, hidden),
             nn.LeakyReLU(slope),
@@ -117,20 +118,16 @@ class PixelHead(nn.Module):
         self.register_buffer("target", (rows + radius) * width + cols + radius, persistent=False)
         # Whether each offset of each pixel is known before it: an earlier pass, or outside
         # the image (where the canvas holds zeros either way).
-        inside = [
-            (rows + dy >= 0) & (rows + dy < size) & (cols + dx >= 0) & (cols + dx < size)
-            for dy, dx in offsets
-        ]
-        earlier = [
-            pass_of[((rows + dy) * size + cols + dx).clamp(0, size * size - 1)] < pass_of
-            for dy, dx in offsets
-        ]
-        known = torch.stack([~i | e for i, e in zip(inside, earlier, strict=True)])
-        self.register_buffer("known", known, persistent=False)  # [context, H * W]
+        known = []
+        for dy, dx in offsets:
+            inside = (rows + dy >= 0) & (rows + dy < size) & (cols + dx >= 0) & (cols + dx < size)
+            neighbour = ((rows + dy) * size + cols + dx).clamp(0, size * size - 1)
+            known.append(~inside | (pass_of[neighbour] < pass_of))
+        self.register_buffer("known", torch.stack(known), persistent=False)  # [context, H * W]
         codes = (pass_of[:, None] == torch.arange(self.pass_inputs)).long()
         self.register_buffer("pass_code", codes, persistent=False)  # [H * W, passes]
         order = torch.argsort(pass_of, stable=True)
-        self.register_buffer("passes", order.view(int(pass_of.max()) + 1, -1), persistent=False)
+        self.register_buffer("passes", order.view(count, -1), persistent=False)
         """the pixels of each pass, ``[passes, pixels per pass]`` (every pass the same size)"""
 
     def canvas(self, levels: torch.Tensor) -> torch.Tensor:

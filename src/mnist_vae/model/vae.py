@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..params import MAX_RATE
+from ..params import MAX_RATE, Params
 from .autoregressive import PixelHead
 from .folder import load_module, save_model_folder
 from .likelihoods import Likelihood, likelihood
@@ -287,6 +287,19 @@ class ConvVAE(nn.Module):
 
 
 DECODERS = ("factorized", "autoregressive")
+
+
+def config_from_params(params: Params) -> VAEConfig:
+    """The model a pipeline's params describe (before training: no lossy decoder yet)."""
+    model = params.model
+    return VAEConfig(
+        params.latent_dim,
+        model.arch,
+        likelihood=params.train.loss,
+        sampler_components=model.sampler_components,
+        decoder=model.decoder,
+        pass_schedule=model.pass_schedule,
+    )
 
 
 def build_model(config: VAEConfig) -> ConvVAE:
