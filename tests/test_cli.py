@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from mnist_vae.cli import main
+from mnist_vae.compression.near_lossless import Bins
 from mnist_vae.model.vae import VAEConfig, save_model
 from mnist_vae.tracking import runs
 from mnist_vae.tracking.pyfunc import log_pyfunc_model
@@ -77,7 +78,7 @@ def test_compress_then_decompress_gives_every_pixel_back(workdir):
     assert done.stdout.startswith("6 images -> d.mvae (") and "bits per pixel" in done.stdout
     done = _run("decompress", "d.mvae", "-o", "out", "--model", "model", cwd=workdir)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "d.mvae -> 6 images in out/"
+    assert done.stdout.strip() == "d.mvae -> 6 images in out/ (lossless)"
     assert done.stderr == ""  # no progress bar in a pipe
     for i, name in enumerate(_digits(workdir)):
         original = np.asarray(Image.open(workdir / name))
@@ -190,6 +191,31 @@ def test_lossy_compression_round_trips_through_the_command_line(cli, workdir, tm
            "decompress", "l.mvae", "-o", "never", "--model", "other")  # fmt: skip
     refused = cli("compress", *_digits(workdir), "-o", "x.mvae", "--rate", "3", cwd=workdir)
     assert refused.returncode == 2 and "--rate needs --lossy" in refused.stderr
+
+
+def test_near_lossless_round_trips_within_the_bound(cli, workdir):
+    done = cli("compress", *_digits(workdir), "-o", "n.mvae", "--model", "model",
+               "--max-error", "3", cwd=workdir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "near-lossless, every pixel within 3 (largest error 3)" in done.stdout
+    done = cli("decompress", "n.mvae", "-o", "near-out", "--model", "model", cwd=workdir)
+    assert done.returncode == 0 and done.stdout.strip().endswith("(near-lossless)"), done
+    for i, name in enumerate(_digits(workdir)):
+        original = np.asarray(Image.open(workdir / name)).astype(int)
+        decoded = np.asarray(Image.open(workdir / "near-out" / f"{i:05d}.png"))
+        assert np.abs(decoded - original).max() <= 3
+        assert np.array_equal(decoded, Bins(3).quantize(original.astype(np.uint8)))
+
+
+@pytest.mark.parametrize("k", ["0", "128", "-1", "two"])
+def test_a_bad_max_error_is_one_line_and_writes_nothing(cli, workdir, k):
+    _fails(cli, workdir, "--max-error must be" if k == "two" else "largest error must be 1..127",
+           "compress", *_digits(workdir), "-o", "bad-k.mvae", "--model", "model",
+           f"--max-error={k}")  # fmt: skip
+    assert not (workdir / "bad-k.mvae").exists()
+    both = cli("compress", *_digits(workdir), "-o", "x.mvae", "--lossy", "--max-error", "2",
+               cwd=workdir)  # fmt: skip
+    assert both.returncode == 2 and "--max-error and --lossy are two modes" in both.stderr
 
 
 def test_a_served_stream_decompresses_on_the_command_line(cli, workdir):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from mnist_vae.compression.container import HEADER_BYTES, Header
 from mnist_vae.compression.lossless import BitsBackCodec, _pad, _unpad, coding_groups
+from mnist_vae.compression.near_lossless import Bins
 from mnist_vae.errors import CodecError
 from mnist_vae.model.vae import VAEConfig, save_model
 from mnist_vae.training.loop import seeded_model
@@ -200,9 +201,11 @@ def test_every_value_can_be_coded_even_where_the_model_is_certain(codec):
     table = exact_likelihoods.frequencies("logistic_mixture", rows)
     assert (table[:, 0] > 0).all() and (table[:, 1:] == 0).all()
     pixels = np.array([255, 0], np.uint8)
-    coder = constriction.stream.stack.AnsCoder()
-    codec._push_positions(coder, pixels[None], rows)
-    assert codec._pop_pixels(coder, rows).tolist() == [255, 0]
+    for bins in (Bins(0), Bins(2)):  # lossless, and near-lossless: 255 is in the last bin
+        coder = constriction.stream.stack.AnsCoder()
+        codec._push_positions(coder, bins.symbols(pixels)[None], rows, bins)
+        popped = codec._pop_pixels(coder, rows, bins)
+        assert bins.reconstruct(popped).tolist() == bins.quantize(pixels).tolist()
 
 
 def test_a_posterior_window_is_whole_buckets_of_grid_points_each_with_a_table(codec, digits):

@@ -31,6 +31,7 @@ from mnist_vae.cli import main
 from mnist_vae.compression.container import HEADER_BYTES, Header
 from mnist_vae.compression.lossless import BitsBackCodec
 from mnist_vae.compression.lossy import LossyCodec
+from mnist_vae.compression.near_lossless import Bins
 from mnist_vae.data import to_float
 from mnist_vae.errors import CodecError
 from mnist_vae.model.vae import VAEConfig, save_model
@@ -89,13 +90,25 @@ def _folder(tmp_path_factory, decoder: str):
     return folder
 
 
-@pytest.fixture(scope="module", params=["factorized", "autoregressive", "passes-8"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("factorized", 0),
+        ("autoregressive", 0),
+        ("passes-8", 0),
+        ("factorized", 3),
+        ("passes-8", 9),
+    ],
+    ids=lambda p: p[0] if p[1] == 0 else f"{p[0]}-near-lossless-{p[1]}",
+)
 def lossless(request, tmp_path_factory, digits):
     """(codec, file, the images in it, the model folder) for a lossless file of each decoder
-    and head."""
-    folder = _folder(tmp_path_factory, request.param)
+    and head, and near-lossless files (every pixel within k: the images in it are the bins'
+    centres)."""
+    decoder, k = request.param
+    folder = _folder(tmp_path_factory, decoder)
     codec = BitsBackCodec.from_folder(folder)
-    return codec, codec.compress(digits), digits, folder
+    return codec, codec.compress(digits, max_error=k), Bins(k).quantize(digits), folder
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +212,7 @@ def trained(request, tmp_path_factory, digits):
     save_model(model, folder)
     codec = BitsBackCodec.from_folder(folder)
     five = np.concatenate([digits, digits[:2]])
-    return codec, codec.compress(five), five
+    return codec, codec.compress(five), five, codec.compress(five, max_error=5)
 
 
 def _claiming(data: bytes, count: int | None = None, batch: int | None = None) -> bytes:
@@ -213,21 +226,23 @@ def _claiming(data: bytes, count: int | None = None, batch: int | None = None) -
 def test_a_header_claiming_a_billion_images_is_refused_at_once(trained):
     """The words a file holds bound the images it may claim (at least min_words each): 10^9
     images in a 5-digit file is refused before decoding, on either decoder."""
-    codec, data, _ = trained
-    start = time.monotonic()
-    with pytest.raises(CodecError, match=r"claims 1,000,000,000 images, more than the file"):
-        codec.decompress(_claiming(data, count=10**9))
-    assert time.monotonic() - start < 0.1
+    codec, data, _, near_lossless = trained
+    for file in (data, near_lossless):
+        start = time.monotonic()
+        with pytest.raises(CodecError, match=r"claims 1,000,000,000 images, more than the file"):
+            codec.decompress(_claiming(file, count=10**9))
+        assert time.monotonic() - start < 0.1
 
 
 @pytest.mark.parametrize("count", [1, 4, 6, 7, 10, 40])
 def test_a_plausible_wrong_count_is_refused_within_a_group(trained, count):
     """A count the words could hold: the groups' sizes do not add up to the file, or the
     first group decoded does not end where the file says; never the images of another count."""
-    codec, data, _ = trained
-    with pytest.raises(CodecError, match="damaged") as refusal:
-        codec.decompress(_claiming(data, count=count))
-    assert "\n" not in str(refusal.value)
+    codec, data, _, near_lossless = trained
+    for file in (data, near_lossless):
+        with pytest.raises(CodecError, match="damaged") as refusal:
+            codec.decompress(_claiming(file, count=count))
+        assert "\n" not in str(refusal.value)
 
 
 def test_other_coding_groups_than_the_models_are_refused_before_decoding(lossless):

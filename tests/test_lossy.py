@@ -22,6 +22,7 @@ from mnist_vae.compression.lossy import (
     is_image_stream,
     step,
 )
+from mnist_vae.compression.near_lossless import Bins
 from mnist_vae.data import to_float
 from mnist_vae.errors import CodecError
 from mnist_vae.model.sampler import fit_sampler
@@ -226,11 +227,19 @@ def test_the_served_modes_answer_and_refuse(folder, test_digits):
     assert len(streams) == 4 and all(isinstance(s, str) for s in streams)
     images = served.predict(None, np.array(streams), {"mode": "decompress"})
     assert images.shape == (4, 28, 28) and images.min() >= 0 and images.max() <= 1
+    near = served.predict(None, x[:2], {"mode": "compress", "max_error": 5})
+    assert len(near) == 2 and all(isinstance(s, str) for s in near)
+    mixed = served.predict(None, np.array([near[0], streams[0], near[1]]), {"mode": "decompress"})
+    back = np.round(mixed * 255).astype(np.uint8)
+    assert np.array_equal(back[[0, 2]], Bins(5).quantize(test_digits[:2]))
+    assert np.array_equal(back[1], np.round(images[0] * 255).astype(np.uint8))
 
     for inputs, params, message in (
         (np.array(["%%%"]), {"mode": "decompress"}, "not base64"),
         (np.array(["AAAA"]), {"mode": "decompress"}, "not an mnist-vae image stream"),
         (x, {"mode": "compress", "rate": 99}, "from 0 to 12"),
+        (x, {"mode": "compress", "max_error": 128}, r"largest error must be 1\.\.127"),
+        (x, {"mode": "compress", "max_error": "two"}, "largest error must be an integer"),
         (x * 2, {"mode": "compress"}, "values in"),
     ):
         with pytest.raises(MlflowException, match=message):

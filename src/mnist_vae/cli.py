@@ -1,11 +1,13 @@
 """``mnist-vae``: compress digits with a trained model, and get them back.
 
     mnist-vae compress digits/*.png -o digits.mvae [--model data/model] [--force]
+    mnist-vae compress digits/*.png -o digits.mvae --max-error 4
     mnist-vae compress digits/*.png -o digits.mvae --lossy [--rate 6]
     mnist-vae decompress digits.mvae -o out/ [--model models:/mnist-vae@champion] [--force]
 
-Lossless by default (bits-back ANS: every pixel back). ``--lossy`` keeps only the quantized
-code (a few bytes per digit; ``--rate`` 0..12, finer and larger as it grows) and
+Lossless by default (bits-back ANS: every pixel back). ``--max-error K`` (1..127) is
+near-lossless: every pixel back within K grey levels, guaranteed. ``--lossy`` keeps only
+the quantized code (a few bytes per digit; ``--rate`` 0..12, finer and larger as it grows) and
 ``decompress`` gives the model's picture of each digit. ``decompress`` reads the mode from
 the file, and also takes a one-image stream as the served model's ``compress`` returns it.
 
@@ -33,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from . import files
+from .compression.near_lossless import MAX_ERROR
 from .errors import USER_ERRORS, CodecError
 from .params import MAX_RATE, LossyParams
 from .progress import progress_bar
@@ -99,12 +102,20 @@ def _bar(what: str, total: int, iterable: Iterable | None = None) -> tqdm:
 
 
 def compress(
-    inputs: list[Path], output: Path, model: str, force: bool, rate: int | None = None
+    inputs: list[Path],
+    output: Path,
+    model: str,
+    force: bool,
+    rate: int | None = None,
+    max_error: int = 0,
 ) -> str:
-    """Lossless, or lossy at ``rate`` when one is given."""
+    """Lossless; near-lossless within ``max_error`` grey levels; or lossy at ``rate`` when
+    one is given."""
     from .compression.lossless import BitsBackCodec
     from .compression.lossy import LossyCodec
+    from .compression.near_lossless import Bins, check_max_error
 
+    check_max_error(max_error)
     _refuse_existing(output, force)
     with tempfile.TemporaryDirectory() as scratch:
         folder = resolve_model(model, Path(scratch))
@@ -117,12 +128,15 @@ def compress(
             images = np.stack([read_image(path, levels, shape) for path in paths])
         if rate is None:
             with _bar("compressing", len(images)) as bar:
-                data = codec.compress(images, progress=bar.update)
+                data = codec.compress(images, progress=bar.update, max_error=max_error)
         else:  # a few milliseconds per thousand digits
             data = codec.compress(images, rate=rate)
     files.write_bytes(output, data)
     bits = 8 * len(data) / images.size
-    mode = "lossless" if rate is None else f"lossy, rate {rate}"
+    mode = f"lossy, rate {rate}" if rate is not None else "lossless"
+    if max_error:
+        largest = int(np.abs(images.astype(np.int16) - Bins(max_error).quantize(images)).max())
+        mode = f"near-lossless, every pixel within {max_error} (largest error {largest})"
     return (
         f"{len(images)} images -> {output} ({len(data):,} bytes, {bits:.3f} bits per pixel, "
         f"{len(data) / len(images):.1f} bytes per image; {mode})"
@@ -130,7 +144,7 @@ def compress(
 
 
 def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
-    from .compression.container import LOSSLESS, Header
+    from .compression.container import LOSSLESS, MODES, NEAR_LOSSLESS, Header
     from .compression.lossless import BitsBackCodec
     from .compression.lossy import LossyCodec, is_image_stream
 
@@ -143,7 +157,7 @@ def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
         folder = resolve_model(model, Path(scratch))
         if is_image_stream(data):
             images, scale = LossyCodec.from_folder(folder).decompress_each([data]), 1
-        elif (header := Header.unpack(data)[0]).mode != LOSSLESS:
+        elif (header := Header.unpack(data)[0]).mode not in (LOSSLESS, NEAR_LOSSLESS):
             images, scale = LossyCodec.from_folder(folder).decompress(data), 1
         else:
             codec = BitsBackCodec.from_folder(folder)
@@ -153,7 +167,19 @@ def decompress(stream: Path, output: Path, model: str, force: bool) -> str:
     with files.replaced_folder(output) as staging, _bar("writing", len(images), images) as bar:
         for i, image in enumerate(bar):
             Image.fromarray(image * np.uint8(scale)).save(staging / f"{i:05d}.png")
-    return f"{stream} -> {len(images)} images in {output}/"
+    mode = "lossy" if is_image_stream(data) else MODES[header.mode]
+    return f"{stream} -> {len(images)} images in {output}/ ({mode})"
+
+
+def parse_max_error(text: str) -> int:
+    """``--max-error``'s value, 1..127; a one-line CodecError for anything else."""
+    from .compression.near_lossless import check_max_error
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise CodecError(f"--max-error must be an integer 1..{MAX_ERROR}; got {text!r}") from None
+    return check_max_error(value, lossless_allowed=False)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -178,6 +204,11 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--force", action="store_true", help="replace an existing output")
         if name == "compress":
             command.add_argument(
+                "--max-error", metavar="K",
+                help=f"near-lossless: every pixel back within K grey levels (1..{MAX_ERROR}), "
+                "guaranteed",
+            )  # fmt: skip
+            command.add_argument(
                 "--lossy", action="store_true",
                 help="keep only the quantized code, a few bytes a digit (the model's picture)",
             )  # fmt: skip
@@ -195,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compress":
             if args.rate is not None and not args.lossy:
                 parser().error("--rate needs --lossy (lossless coding has no rate to choose)")
+            if args.max_error is not None and args.lossy:
+                parser().error("--max-error and --lossy are two modes: choose one")
             rate = (LossyParams().rate if args.rate is None else args.rate) if args.lossy else None
-            print(compress(args.inputs, args.output, args.model, args.force, rate))
+            max_error = 0 if args.max_error is None else parse_max_error(args.max_error)
+            print(compress(args.inputs, args.output, args.model, args.force, rate, max_error))
         else:
             print(decompress(args.stream, args.output, args.model, args.force))
     except USER_ERRORS as error:

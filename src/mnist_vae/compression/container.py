@@ -10,19 +10,20 @@ The file format (all integers little-endian):
 | --- | --- | --- |
 | 0 | 4 | magic ``MVAE`` |
 | 4 | 1 | format version (5; see ``READABLE`` for the older ones still read) |
-| 5 | 1 | mode (0: lossless bits-back; 1, 2: lossy, see ``lossy``) |
+| 5 | 1 | mode (0: lossless bits-back; 1, 2: lossy, see ``lossy``; 3: near-lossless) |
 | 6 | 32 | sha256 of the model's weights file |
 | 38 | 4 | number of images |
 | 42 | 2, 2 | image height, width |
 | 46 | 2 | values per pixel (256: 8-bit grey; 2: binary) |
 | 48 | 2 | images per coding group (the largest; lossless: the model's, see ``lossless``) |
 | 50 | 1 | latent grid: ``LATENT_BITS`` (lossy: the rate level) |
-| 51 | 8 | first 8 bytes of the sha256 of the original pixels (lossy: of the codes) |
+| 51 | 8 | first 8 bytes of the sha256 of the pixels (near-lossless: decoded; lossy: the codes) |
 | 59 | 4 x n | the words (``uint32``) to the end of the file |
 
 A lossless file's words start with one per coding group, the words that group adds to the
-ANS stack, then the stack itself; a lossy file's are the stack alone. Both bound a
-decoder's work by the file's size (``lossless``, ``lossy``).
+ANS stack, then the stack itself; a near-lossless file's with one more before those, its
+largest error k (1..127); a lossy file's are the stack alone. All bound a decoder's work by
+the file's size (``lossless``, ``lossy``).
 """
 
 from __future__ import annotations
@@ -50,8 +51,19 @@ so it is read too; a lossless one is not (``REFUSED``)."""
 LOSSLESS = 0
 LOSSY_MIXTURE = 1  # the quantized code under the fitted mixture's marginals (lossy.py)
 LOSSY_PRIOR = 2  # the quantized code under the prior N(0, I)
-MODES = {LOSSLESS: "lossless", LOSSY_MIXTURE: "lossy", LOSSY_PRIOR: "lossy (prior)"}
-READABLE = {LOSSLESS: (5,), LOSSY_MIXTURE: (2, 3, 4, 5), LOSSY_PRIOR: (2, 3, 4, 5)}
+NEAR_LOSSLESS = 3  # bits-back, each pixel's bin of 2k + 1 levels (near_lossless)
+MODES = {
+    LOSSLESS: "lossless",
+    LOSSY_MIXTURE: "lossy",
+    LOSSY_PRIOR: "lossy (prior)",
+    NEAR_LOSSLESS: "near-lossless",
+}
+READABLE = {
+    LOSSLESS: (5,),
+    LOSSY_MIXTURE: (2, 3, 4, 5),
+    LOSSY_PRIOR: (2, 3, 4, 5),
+    NEAR_LOSSLESS: (5,),
+}
 """the versions of each mode this release decodes"""
 _UNBOUNDED = "a lossless file without a bound on its decoding work"
 REFUSED = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ..model.likelihoods import _MIN_CONCENTRATION, _MIN_LOG_SCALE, LEVELS, MIXTURE
@@ -108,30 +109,64 @@ def _logistic_mixture(rows: torch.Tensor) -> torch.Tensor:
     return torch.diff(cdf, dim=1, prepend=torch.zeros_like(cdf[:, :1]))
 
 
-def _logistic_mixture_zero(rows: torch.Tensor) -> torch.Tensor:
-    cdf = _mixture_cdf(rows, _inner_edges(rows.device)[:1])  # only the edge of bin 0
+LOSSLESS_EDGES = np.arange(LEVELS, dtype=np.int64)
+"""Symbol edges (``cdf_at``) when each grey level is its own symbol"""
+
+
+def cdf_at(loss: str, rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """The CDF of each pixel row at grey-level edges ``at`` (``[E]`` for every row, or
+    ``[M, E]`` one set per row), ``[M, E]``: edge ``i`` lies between levels ``i`` and
+    ``i + 1``, so its CDF is the mass of levels ``0..i``; edge 255 is the total. The logistic
+    mixture evaluates its CDF at those edges only; the others sum their full table."""
+    top = LEVELS - 1
+    if loss == "logistic_mixture":
+        inner = _inner_edges(rows.device)
+        cdf = _mixture_cdf(rows, inner[at.clamp(max=top - 1)])
+        return torch.where(at < top, cdf[:, :-1], cdf[:, -1:])
+    cumulative = frequencies(loss, rows).cumsum(1)
+    index = at.expand(len(rows), -1) if at.dim() == 1 else at
+    return cumulative.gather(1, index)
+
+
+def zero_frequencies(
+    loss: str, rows: torch.Tensor, edges: np.ndarray = LOSSLESS_EDGES
+) -> torch.Tensor:
+    """Integer probabilities of (not symbol 0, symbol 0) per pixel row, ``[M, 2]``: most MNIST
+    pixels are 0, so the coder sends that first and needs more only for the others.
+
+    A pixel is coded as one of ``len(edges)`` symbols, symbol ``s`` holding the grey levels
+    above edge ``edges[s - 1]`` up to edge ``edges[s]`` (``cdf_at``'s edges; the last is
+    255). Lossless, ``LOSSLESS_EDGES``: each level is its own symbol; near-lossless
+    (``near_lossless.Bins``), a bin of levels."""
+    cdf = cdf_at(loss, rows, _on(rows, edges[[0, -1]]))
     return torch.stack([cdf[:, 1] - cdf[:, 0], cdf[:, 0]], dim=1)
 
 
-def _mixture_bins(rows: torch.Tensor) -> torch.Tensor:
-    """The coarse table: the CDF at the 16 edges below each bin (the edge of bin 0 first)."""
-    edges = _inner_edges(rows.device)[::BIN]  # edges 0, 16, ..., 240: below values 1, 17, ...
-    return torch.diff(_mixture_cdf(rows, edges), dim=1)
+def bin_frequencies(
+    loss: str, rows: torch.Tensor, edges: np.ndarray = LOSSLESS_EDGES
+) -> torch.Tensor:
+    """Integer probabilities of the bins of 16 symbols of a pixel that is not symbol 0,
+    ``[M, bins]``: bin ``c`` holds the symbols ``16 c + 1 .. 16 c + 16`` (lossless: 16 bins,
+    the last one the values 241..255). A symbol is coded as its bin, then its place in the
+    bin (``in_bin_frequencies``): the same probability, at 32 CDF values per pixel instead
+    of 255."""
+    below = edges[: len(edges) - 1 : BIN]  # the edge below each bin's first symbol
+    cdf = cdf_at(loss, rows, _on(rows, np.concatenate([below, edges[-1:]])))
+    return torch.diff(cdf, dim=1)
 
 
-def _mixture_in_bin(rows: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """The fine table: the CDF at the 17 edges around each row's bin (beyond 255: the total)."""
-    at = BIN * bins[:, None] + torch.arange(BIN + 1, device=rows.device)  # edge of each value
-    inner = _inner_edges(rows.device)
-    cdf = _mixture_cdf(rows, inner[at.clamp(max=len(inner) - 1)])
-    cdf[:, :-1] = torch.where(at < len(inner), cdf[:, :-1], cdf[:, -1:])
-    return torch.diff(cdf[:, :-1], dim=1)
+def in_bin_frequencies(
+    loss: str, rows: torch.Tensor, bins: torch.Tensor, edges: np.ndarray = LOSSLESS_EDGES
+) -> torch.Tensor:
+    """Integer probabilities of the 16 symbols of each row's bin ``bins`` (``[M]``),
+    ``[M, 16]`` (0 for the places past the last symbol)."""
+    position = BIN * bins.to(rows.device)[:, None] + torch.arange(BIN + 1, device=rows.device)
+    at = _on(rows, edges)[position.clamp(max=len(edges) - 1)]
+    return torch.diff(cdf_at(loss, rows, at), dim=1)
 
 
-def _split_table(loss: str, rows: torch.Tensor) -> torch.Tensor:
-    """Any likelihood's values 1..255 from its full table, padded to 16 bins of 16."""
-    table = frequencies(loss, rows)[:, 1:]
-    return torch.nn.functional.pad(table, (0, BIN * BIN - table.shape[1])).view(-1, BIN, BIN)
+def _on(rows: torch.Tensor, edges: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(edges)).to(rows.device)
 
 
 _TABLES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -139,38 +174,9 @@ _TABLES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "beta_binomial": _beta_binomial,
     "logistic_mixture": _logistic_mixture,
 }
-_ZERO_SPLITS = {"logistic_mixture": _logistic_mixture_zero}
 
 
 def frequencies(loss: str, rows: torch.Tensor) -> torch.Tensor:
     """The integer probability of every value of each pixel row, ``[M, levels]``, for the
     likelihood of ``train.loss`` ``loss``."""
     return _TABLES[loss](rows)
-
-
-def bin_frequencies(loss: str, rows: torch.Tensor) -> torch.Tensor:
-    """Integer probabilities of the 16 bins of a non-zero 8-bit pixel, ``[M, 16]``: bin ``c``
-    holds the values ``16 c + 1 .. 16 c + 16`` (the last one 241..255). A value is coded as
-    its bin, then its place in the bin (``in_bin_frequencies``): the same probability, at
-    32 CDF values per pixel instead of 255."""
-    if loss == "logistic_mixture":
-        return _mixture_bins(rows)
-    return _split_table(loss, rows).sum(2)
-
-
-def in_bin_frequencies(loss: str, rows: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Integer probabilities of the 16 values of each row's bin ``bins`` (``[M]``),
-    ``[M, 16]`` (0 for the place past 255)."""
-    if loss == "logistic_mixture":
-        return _mixture_in_bin(rows, bins)
-    return _split_table(loss, rows)[torch.arange(len(rows)), bins]
-
-
-def zero_frequencies(loss: str, rows: torch.Tensor) -> torch.Tensor:
-    """Integer probabilities of (not 0, 0) per pixel row, ``[M, 2]``: most MNIST pixels are
-    0, so the coder sends that first and needs the full table only for the others. The
-    logistic mixture computes it from one CDF value; others sum their full table."""
-    if loss in _ZERO_SPLITS:
-        return _ZERO_SPLITS[loss](rows)
-    table = frequencies(loss, rows)
-    return torch.stack([table[:, 1:].sum(1), table[:, 0]], dim=1)

@@ -66,6 +66,7 @@ The file format is ``container``'s.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,12 +86,14 @@ from .container import (
     LATENT_RANGE,
     LOSSLESS,
     MODES,
+    NEAR_LOSSLESS,
     Header,
     pixels_digest,
     weights_sha256,
 )
 from .exact_likelihoods import BIN
 from .fixed_point import ACTIVATION_BITS, PROBABILITY_BITS, ExactNetwork, tables
+from .near_lossless import MAX_ERROR, Bins, check_max_error
 
 LATENT_BITS = 8  # latent grid step 2^-8 prior standard deviations
 GRID = LATENT_RANGE << LATENT_BITS  # grid points -GRID..GRID
@@ -232,65 +235,75 @@ class BitsBackCodec:
         latent = torch.from_numpy(z.astype(np.int64)).view(count, -1)
         return self.network.decode(latent, LATENT_BITS)
 
-    def _push_image_pixels(self, coder, x: np.ndarray, decoded: torch.Tensor) -> None:
-        """Push a group's pixels. Factorized: all at once. Autoregressive: the parameters of
-        every pixel at once (the true pixels are the context, masked to what each pixel's
-        pass knows), pushed pass by pass from the last, so that decoding pops the first pass
-        of every image first; the tables of about ``PUSH_ROWS`` pixels are computed together
-        (the same integers, fewer calls)."""
+    def _push_image_pixels(self, coder, x: np.ndarray, decoded: torch.Tensor, bins: Bins) -> None:
+        """Push a group's pixels ``x`` (the reconstruction: each pixel its bin's centre) as
+        their bins. Factorized: all at once. Autoregressive: the parameters of every pixel
+        at once (the pixels are the context, masked to what each pixel's pass knows), pushed
+        pass by pass from the last, so that decoding pops the first pass of every image
+        first; the tables of about ``PUSH_ROWS`` pixels are computed together (the same
+        integers, fewer calls)."""
+        symbols = bins.symbols(x)
         if self.head is None:
-            self._push_positions(coder, x.reshape(1, -1), pixel_rows(decoded))
+            self._push_positions(coder, symbols.reshape(1, -1), pixel_rows(decoded), bins)
             return
         n = len(x)
         grey = torch.from_numpy(x.astype(np.int64)).unsqueeze(1) * self.grey_step
         context = self.head.context(self.head.canvas(grey * CONTEXT_UNIT), ONE)
         rows = torch.cat([decoded.flatten(2).transpose(1, 2), context], 2)  # [n, H * W, inputs]
         passes = self.head.passes  # [passes, m]
-        by_pass = torch.from_numpy(x.reshape(n, -1))[:, passes].transpose(0, 1)  # [passes, n, m]
+        by_pass = torch.from_numpy(symbols.reshape(n, -1))[:, passes].transpose(0, 1)
         rows = rows[:, passes].transpose(0, 1)  # [passes, n, m, inputs]
         step = max(1, PUSH_ROWS // by_pass[0].numel())
         for start in reversed(range(0, len(passes), step)):
             part = slice(start, start + step)
             parameters = self.network.pixel_parameters(rows[part].flatten(0, 2))
-            self._push_positions(coder, by_pass[part].flatten(1).numpy(), parameters)
+            self._push_positions(coder, by_pass[part].flatten(1).numpy(), parameters, bins)
 
-    def _pop_image_pixels(self, coder, decoded: torch.Tensor, shape: tuple) -> np.ndarray:
-        """Pop a group's pixels, ``[n, H, W]``; autoregressive: pass by pass
-        (``PixelHead.run_passes``), each pass's parameters from the pixels of the passes
-        popped before it."""
+    def _pop_image_pixels(
+        self, coder, decoded: torch.Tensor, shape: tuple, bins: Bins
+    ) -> np.ndarray:
+        """Pop a group's pixels, ``[n, H, W]`` (each its bin's centre); autoregressive: pass
+        by pass (``PixelHead.run_passes``), each pass's parameters from the pixels of the
+        passes popped before it."""
         if self.head is None:
-            return self._pop_pixels(coder, pixel_rows(decoded)).reshape(shape)
+            symbols = self._pop_pixels(coder, pixel_rows(decoded), bins)
+            return bins.reconstruct(symbols).reshape(shape)
 
         def step(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            symbols = torch.from_numpy(self._pop_pixels(coder, self.network.pixel_parameters(rows)))
-            return symbols, symbols.long() * self.grey_step
+            symbols = self._pop_pixels(coder, self.network.pixel_parameters(rows), bins)
+            pixels = torch.from_numpy(bins.reconstruct(symbols))
+            return pixels, pixels.long() * self.grey_step
 
         return self.head.run_passes(decoded.flatten(2), step, ONE).numpy().reshape(shape)
 
-    def _zero_frequencies(self, rows: torch.Tensor) -> np.ndarray:
-        """Frequencies of (not 0, 0) for each pixel: the first symbol of an 8-bit pixel.
-        Here and below every frequency is at least 1 (out of about 2^46): a value the model
-        rules out entirely still codes, and a row is never all zeros."""
-        return _floats(exact_likelihoods.zero_frequencies(self.loss, rows).clamp_(min=1))
+    def _zero_frequencies(self, rows: torch.Tensor, bins: Bins) -> np.ndarray:
+        """Frequencies of (not bin 0, bin 0) for each pixel: the first symbol of an 8-bit
+        pixel. Here and below every frequency is at least 1 (out of about 2^46): a value
+        the model rules out entirely still codes, and a row is never all zeros."""
+        table = exact_likelihoods.zero_frequencies(self.loss, rows, bins.edges)
+        return _floats(table.clamp_(min=1))
 
     def _value_frequencies(self, rows: torch.Tensor) -> np.ndarray:
         """Frequencies of both values of a binary pixel."""
         return _floats(exact_likelihoods.frequencies(self.loss, rows).clamp_(min=1))
 
-    def _bin_frequencies(self, rows: torch.Tensor) -> np.ndarray:
-        """Frequencies of the 16 bins of a pixel that is not 0 (its second symbol)."""
-        return _floats(exact_likelihoods.bin_frequencies(self.loss, rows).clamp_(min=1))
+    def _group_frequencies(self, rows: torch.Tensor, bins: Bins) -> np.ndarray:
+        """Frequencies of the groups of 16 bins of a pixel not in bin 0 (its second symbol;
+        lossless, each bin one level: the groups are 1..16, 17..32, ..., 241..255)."""
+        table = exact_likelihoods.bin_frequencies(self.loss, rows, bins.edges)
+        return _floats(table.clamp_(min=1))
 
-    def _in_bin_frequencies(self, rows: torch.Tensor, bins: np.ndarray) -> np.ndarray:
-        """Frequencies of the 16 values in each pixel's bin (its third symbol)."""
-        bins = torch.from_numpy(bins.astype(np.int64))
-        return _floats(exact_likelihoods.in_bin_frequencies(self.loss, rows, bins).clamp_(min=1))
+    def _in_group_frequencies(self, rows: torch.Tensor, groups: np.ndarray, bins: Bins):
+        """Frequencies of the 16 bins in each pixel's group (its third symbol)."""
+        groups = torch.from_numpy(groups.astype(np.int64))
+        table = exact_likelihoods.in_bin_frequencies(self.loss, rows, groups, bins.edges)
+        return _floats(table.clamp_(min=1))
 
-    def _push_positions(self, coder, values: np.ndarray, rows: torch.Tensor) -> None:
-        """Push the pixels of ``k`` passes, ``values`` ``[k, n]`` with their parameter
-        ``rows``, pass after pass, the last first: per pass, whether each pixel is 0, then
-        each non-zero pixel's bin of 16 values, then its place in the bin (``_pop_pixels``
-        pops them in that order)."""
+    def _push_positions(self, coder, values: np.ndarray, rows: torch.Tensor, bins: Bins) -> None:
+        """Push the pixels of ``k`` passes, their bins ``values`` ``[k, n]`` with their
+        parameter ``rows``, pass after pass, the last first: per pass, whether each pixel is
+        in bin 0, then each other pixel's group of 16 bins, then its place in the group
+        (``_pop_pixels`` pops them in that order). Lossless, a bin is a grey level."""
         k, n = values.shape
         flat = values.reshape(-1).astype(np.int32)
         if not self.split_zero:
@@ -301,36 +314,43 @@ class BitsBackCodec:
                 )
             return
         nonzero = flat != 0
-        zero_table = self._zero_frequencies(rows)
+        zero_table = self._zero_frequencies(rows, bins)
         value = flat[nonzero] - 1
-        bins, places = value // BIN, value % BIN
+        groups, places = value // BIN, value % BIN
         nonzero_rows = rows[torch.from_numpy(np.flatnonzero(nonzero))]
-        bin_table = self._bin_frequencies(nonzero_rows)
-        place_table = self._in_bin_frequencies(nonzero_rows, bins)
+        group_table = self._group_frequencies(nonzero_rows, bins)
+        place_table = self._in_group_frequencies(nonzero_rows, groups, bins)
         ends = np.cumsum(nonzero.reshape(k, n).sum(1))  # nonzero pixels up to each pass's end
         for p in reversed(range(k)):
             at = slice(p * n, (p + 1) * n)
             some = slice(ends[p - 1] if p else 0, ends[p])
             if ends[p] > some.start:  # pushed first: popped after the zero flags that locate them
                 coder.encode_reverse(places[some], self.categorical, place_table[some])
-                coder.encode_reverse(bins[some], self.categorical, bin_table[some])
+                if group_table.shape[1] > 1:  # one group (k >= 8): nothing to send
+                    coder.encode_reverse(groups[some], self.categorical, group_table[some])
             flags = (~nonzero[at]).astype(np.int32)
             coder.encode_reverse(flags, self.categorical, zero_table[at])
 
-    def _pop_pixels(self, coder, rows: torch.Tensor) -> np.ndarray:
+    def _pop_pixels(self, coder, rows: torch.Tensor, bins: Bins) -> np.ndarray:
+        """The bins of a pass's pixels, ``int32``: the inverse of ``_push_positions``."""
         if not self.split_zero:
             return coder.decode(self.categorical, self._value_frequencies(rows))
-        flags = coder.decode(self.categorical, self._zero_frequencies(rows))
+        flags = coder.decode(self.categorical, self._zero_frequencies(rows, bins))
         values = np.zeros(len(rows), dtype=np.int32)
         nonzero = flags == 0
         index = torch.from_numpy(np.flatnonzero(nonzero))
         if len(index):
             some = rows[index]
-            bins = coder.decode(self.categorical, self._bin_frequencies(some))
-            places = coder.decode(self.categorical, self._in_bin_frequencies(some, bins))
-            values[nonzero] = 1 + BIN * bins + places
-            if values.max() >= self.levels:  # the place past 255: only in damaged words
-                raise ValueError("a pixel value beyond 255")
+            group_table = self._group_frequencies(some, bins)
+            groups = (
+                coder.decode(self.categorical, group_table)
+                if group_table.shape[1] > 1
+                else np.zeros(len(some), np.int32)
+            )
+            places = coder.decode(self.categorical, self._in_group_frequencies(some, groups, bins))
+            values[nonzero] = 1 + BIN * groups + places
+            if values.max() >= bins.count:  # a place past the last bin: only in damaged words
+                raise ValueError("a pixel's bin beyond the last")
         return values
 
     def _startup_words(self) -> np.ndarray:
@@ -342,10 +362,16 @@ class BitsBackCodec:
 
     # Compression -----------------------------------------------------------------------
     def compress(
-        self, images: np.ndarray, progress: Callable[[int], object] | None = None
+        self,
+        images: np.ndarray,
+        progress: Callable[[int], object] | None = None,
+        max_error: int = 0,
     ) -> bytes:
         """The file of ``images``; ``progress`` is called with each coding group's number of
-        images as it is done (a bar's ``update``)."""
+        images as it is done (a bar's ``update``). With ``max_error`` k from 1 to 127 the
+        file is near-lossless: every pixel comes back within k grey levels
+        (``near_lossless``; ``Bins(k).quantize`` gives the pixels it decodes to)."""
+        bins = self._bins(max_error)
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if images.ndim != 3 or len(images) == 0:
             raise CodecError(f"expected images as an array N x H x W; got shape {images.shape}")
@@ -358,33 +384,50 @@ class BitsBackCodec:
         if (1, height, width) != self.model.image_shape:
             _, h, w = self.model.image_shape
             raise CodecError(f"this model codes {h} x {w} images; got {height} x {width}")
+        pixels = bins.quantize(images)  # what the decoder will give: the images when lossless
+        floor = self._min_words(bins)
         coder = constriction.stream.stack.AnsCoder(self._startup_words())
         sizes = []  # the words each group adds to the stack
         for group, part in enumerate(coding_groups(count, self.batch)):
-            x = images[part]
+            x = pixels[part]
             n = len(x)
             before = coder.num_words()
             z = self._posterior(x).pop(coder, self.categorical)  # bits back
-            self._push_image_pixels(coder, x, self._decoded(z, n))
+            self._push_image_pixels(coder, x, self._decoded(z, n), bins)
             coder.encode_reverse((z + GRID).astype(np.int32), self.prior)
-            _pad(coder, before + n * self.min_words, group)
+            _pad(coder, before + n * floor, group)
             sizes.append(coder.num_words() - before)
             if progress:
                 progress(n)
         header = Header(
             self.model_sha256, count, height, width, self.levels, self.batch, LATENT_BITS,
-            pixels_digest(images),
+            pixels_digest(pixels), LOSSLESS if bins.max_error == 0 else NEAR_LOSSLESS,
         )  # fmt: skip
-        words = np.concatenate([np.array(sizes, np.uint32), coder.get_compressed()])
+        prefix = [bins.max_error] if bins.max_error else []  # a near-lossless file's bound
+        words = np.concatenate([np.array(prefix + sizes, np.uint32), coder.get_compressed()])
         return header.pack() + words.astype("<u4").tobytes()
+
+    def _bins(self, max_error: int) -> Bins:
+        """The bins pixels are coded in; a CodecError where this model cannot."""
+        bins = Bins(check_max_error(max_error))
+        if bins.max_error and not self.split_zero:
+            raise CodecError("a model of binary pixels codes them losslessly only (no max_error)")
+        return bins
+
+    def _min_words(self, bins: Bins) -> int:
+        """The fewest words an image adds to a file coded in ``bins``."""
+        if bins.max_error == 0:
+            return self.min_words
+        return min_words(self.model.image_shape, bins.count)
 
     # Decompression ---------------------------------------------------------------------
     def decompress(
         self, data: bytes, progress: Callable[[int], object] | None = None
     ) -> np.ndarray:
-        """The images of a file, every pixel checked; ``progress`` as for ``compress``."""
+        """The images of a file, every pixel checked (of a near-lossless one: the pixels
+        its encoder meant, each within the file's bound); ``progress`` as for ``compress``."""
         header, words = Header.unpack(data)
-        if header.mode != LOSSLESS:
+        if header.mode not in (LOSSLESS, NEAR_LOSSLESS):
             raise CodecError(
                 f"a {MODES[header.mode]} file: decode it with mnist_vae.compression.lossy"
             )
@@ -402,7 +445,10 @@ class BitsBackCodec:
                 f"the header is damaged: coding groups of {header.batch:,} images (this model's "
                 f"files have groups of {self.batch})"
             )
-        groups, ends, words = self._bounded(header.count, words)
+        bins = Bins(0)
+        if header.mode == NEAR_LOSSLESS:
+            bins, words = self._bins_of(words), words[1:]
+        groups, ends, words = self._bounded(header.count, words, self._min_words(bins))
         coder = constriction.stream.stack.AnsCoder(words)
         latent_dim = self.model.config.latent_dim
         decoded = []  # last group first; memory grows with the images actually decoded
@@ -411,7 +457,7 @@ class BitsBackCodec:
                 n = groups[group].stop - groups[group].start
                 _unpad(coder, group)
                 z = coder.decode(self.prior, n * latent_dim) - GRID
-                x = self._pop_image_pixels(coder, self._decoded(z, n), (n, h, w))
+                x = self._pop_image_pixels(coder, self._decoded(z, n), (n, h, w), bins)
                 decoded.append(x.astype(np.uint8))
                 self._posterior(decoded[-1]).push(coder, self.categorical, z)
                 if coder.num_words() != ends[group]:
@@ -427,29 +473,43 @@ class BitsBackCodec:
             raise CodecError("the decoded images fail the checksum: the file is damaged")
         return images
 
-    def _bounded(self, count: int, words: np.ndarray) -> tuple[list[slice], np.ndarray, np.ndarray]:
+    def _bins_of(self, words: np.ndarray) -> Bins:
+        """A near-lossless file's bins, from its first word; a CodecError if it is no bound."""
+        if not self.split_zero:
+            raise CodecError("a near-lossless file, and this model codes binary pixels")
+        if not 1 <= int(words[0]) <= MAX_ERROR:
+            raise CodecError(
+                f"the file is damaged: a near-lossless file's largest error must be "
+                f"1..{MAX_ERROR}; it says {int(words[0]):,}"
+            )
+        return Bins(int(words[0]))
+
+    def _bounded(
+        self, count: int, words: np.ndarray, least: int
+    ) -> tuple[list[slice], np.ndarray, np.ndarray]:
         """A file's coding groups, the stack's size where each one's decoding must end, and
         the stack; a CodecError before any decoding unless the groups' sizes fit the file,
-        each holding at least ``min_words`` per image."""
+        each holding at least ``least`` words per image."""
         start = len(self._startup_words())
-        if count * self.min_words > len(words) - start:
+        if count * least > len(words) - start:
             raise CodecError(
                 f"the header claims {count:,} images, more than the file's {4 * len(words):,} "
-                f"bytes of words can hold (at least {4 * self.min_words} each): the file is damaged"
+                f"bytes of words can hold (at least {4 * least} each): the file is damaged"
             )
         groups = list(coding_groups(count, self.batch))
         sizes, stack = words[: len(groups)].astype(np.int64), words[len(groups) :]
-        floor = np.array([(g.stop - g.start) * self.min_words for g in groups], np.int64)
+        floor = np.array([(g.stop - g.start) * least for g in groups], np.int64)
         ends = start + np.cumsum(sizes) - sizes  # the stack's size before each group
         if (sizes < floor).any() or start + sizes.sum() != len(stack):
             raise CodecError("the file is damaged: its coding groups do not add up to its words")
         return groups, ends, stack
 
 
-def min_words(image_shape: tuple[int, ...], levels: int) -> int:
-    """The fewest words an image of ``image_shape`` with ``levels`` values adds to a file:
-    ``MIN_SHARE`` of its raw bits, at least one."""
-    raw_bits = int(np.prod(image_shape)) * (levels - 1).bit_length()
+def min_words(image_shape: tuple[int, ...], symbols: int) -> int:
+    """The fewest words an image of ``image_shape`` adds to a file when each pixel is one of
+    ``symbols`` (its values; near-lossless, its bins): ``MIN_SHARE`` of its raw bits (``log2
+    symbols`` a pixel), at least one."""
+    raw_bits = int(np.prod(image_shape) * math.log2(symbols))
     return max(1, raw_bits // (32 * MIN_SHARE))
 
 

@@ -29,6 +29,7 @@ PARAMS = ParamSchema(
         ParamSpec("n", "long", 16),
         ParamSpec("seed", "long", 0),
         ParamSpec("rate", "long", LossyParams().rate),
+        ParamSpec("max_error", "long", 0),
     ]
 )
 

@@ -14,12 +14,15 @@ A request picks what to do with MLflow's ``params``:
 | encode | images ``n x 28 x 28`` in [0, 1] | ``{"mean": n x d, "logvar": n x d}`` |
 | reconstruct | images ``n x 28 x 28`` in [0, 1] | images ``n x 28 x 28`` in [0, 1] |
 | sample | ignored (send ``[]``); params ``n``, ``seed`` | images ``n x 28 x 28`` in [0, 1] |
-| compress | images ``n x 28 x 28`` in [0, 1]; ``rate`` (default 6) | ``n`` base64 lossy streams |
+| compress | images ``n x 28 x 28`` in [0, 1]; ``rate`` or ``max_error`` | ``n`` base64 streams |
 | decompress | ``n`` base64 strings from ``compress`` | images ``n x 28 x 28`` in [0, 1] |
 
 ``compress`` rounds the pixels to 8 bits first and writes each image's lossy stream
-(``compression.lossy``: a few bytes); a stream decodes with the same model only
-(``mnist-vae decompress`` takes one saved to a file, too).
+(``compression.lossy``: a few bytes); with ``max_error`` k from 1 to 127, each image's
+near-lossless file instead (``compression.near_lossless``: every pixel back within k grey
+levels; about 100 bytes of a one-image file's header and start-up words on top of the
+pixels' bytes). A stream decodes with the same model only (``mnist-vae decompress`` takes
+one saved to a file, too).
 
 Images may also come flat (``n x 784``) or with a channel axis (``n x 1 x 28 x 28``).
 A request that breaks these rules raises an ``mlflow.exceptions.MlflowException``
@@ -41,8 +44,10 @@ import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 
-from ..compression.container import weights_sha256
+from ..compression.container import MAGIC, weights_sha256
+from ..compression.lossless import BitsBackCodec
 from ..compression.lossy import DEFAULT_RATE, LossyCodec
+from ..compression.near_lossless import check_max_error
 from ..errors import CodecError
 from ..model.vae import ConvVAE, load_model
 from .pyfunc import MODEL_ARTIFACT_KEY
@@ -71,6 +76,16 @@ def _as_array(model_input: Any) -> np.ndarray:
     if array.size and not np.isfinite(array).all():
         raise bad_request("inputs contain NaN or infinite values; expected finite numbers")
     return array
+
+
+def _integer(value: Any) -> Any:
+    """A request param as an int where it is one (MLflow passes ``long`` params as int, JSON
+    may bring ``4.0`` or ``"4"``); anything else as it came, for the error to name."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() else value
 
 
 def _check_rows(n: int, what: str) -> None:
@@ -111,6 +126,8 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
         autoregressive = self.model.pixel_head is not None
         self._picture_turn = threading.Lock() if autoregressive else contextlib.nullcontext()
         self._picture_processes: PictureProcesses | None = None
+        self._bits_back_codec: BitsBackCodec | None = None
+        self._bits_back_built = threading.Lock()
         return self
 
     def _draw(
@@ -121,11 +138,24 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
         with self._picture_turn:
             return draw(self.model, mode, array, n, seed)
 
-    def _compress(self, model_input: Any, rate: int) -> list[str]:
+    def _bits_back(self) -> BitsBackCodec:
+        """The near-lossless codec, built on first use (its integer network takes a while)."""
+        with self._bits_back_built:
+            if self._bits_back_codec is None:
+                loss = self.model.config.likelihood
+                self._bits_back_codec = BitsBackCodec(self.model, loss, self.codec.model_sha256)
+            return self._bits_back_codec
+
+    def _compress(self, model_input: Any, rate: int, max_error: Any) -> list[str]:
         x = self._images(model_input, "compress").squeeze(1)
         pixels = torch.round(x * 255).to(torch.uint8).numpy()
         try:
-            streams = self.codec.compress_each(pixels, rate)
+            if max_error in (None, 0):
+                streams = self.codec.compress_each(pixels, rate)
+            else:
+                k = check_max_error(_integer(max_error), lossless_allowed=False)
+                codec = self._bits_back()
+                streams = [codec.compress(image[None], max_error=k) for image in pixels]
         except CodecError as error:
             raise bad_request(f"mode 'compress': {error}") from None
         return [base64.b64encode(stream).decode("ascii") for stream in streams]
@@ -140,10 +170,27 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
             except (binascii.Error, ValueError):
                 raise bad_request(f"mode 'decompress': input {i} is not base64") from None
         try:
-            images = self.codec.decompress_each(streams)
+            images = self._decompress_streams(streams)
         except CodecError as error:
             raise bad_request(f"mode 'decompress': {error}") from None
         return images.astype(np.float32) / 255
+
+    def _decompress_streams(self, streams: list[bytes]) -> np.ndarray:
+        """Lossy one-image streams and near-lossless files, in the order given."""
+        files = [i for i, data in enumerate(streams) if data[:4] == MAGIC]  # near-lossless
+        lossy = [i for i in range(len(streams)) if i not in set(files)]
+        images = np.empty((len(streams), *self.model.image_shape[1:]), dtype=np.uint8)
+        if lossy:
+            images[lossy] = self.codec.decompress_each([streams[i] for i in lossy])
+        for i in files:
+            try:
+                decoded = self._bits_back().decompress(streams[i])
+            except CodecError as error:
+                raise CodecError(f"stream {i}: {error}") from None
+            if len(decoded) != 1:
+                raise CodecError(f"stream {i} holds {len(decoded)} images; send one a stream")
+            images[i] = decoded[0]
+        return images
 
     @property
     def latent_dim(self) -> int:
@@ -200,7 +247,8 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
                     raise bad_request(f"seed must be >= 0; got {seed}")
                 return self._draw(mode, n=n, seed=seed)
             if mode == "compress":
-                return self._compress(model_input, int(params.get("rate", DEFAULT_RATE)))
+                rate = int(params.get("rate", DEFAULT_RATE))
+                return self._compress(model_input, rate, params.get("max_error"))
             if mode == "decompress":
                 return self._decompress(model_input)
         raise bad_request(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")

@@ -1,0 +1,84 @@
+"""Near-lossless coding: every pixel back within ``k`` grey levels, guaranteed.
+
+The grey levels are cut into bins of ``2k + 1`` levels centred on the multiples of
+``2k + 1`` (bin ``j`` holds ``j (2k + 1) - k .. j (2k + 1) + k``, cut to 0..255), and a
+pixel is sent as its bin and decoded as the bin's centre (cut to 0..255 too). The centre is
+within ``k`` of every level in its bin, so the bound holds by construction; 0 is a centre, so
+MNIST's blank background comes back exactly.
+
+``lossless.BitsBackCodec`` codes the bins as it codes grey levels, with the model's
+likelihood summed over each bin (its CDF at the bin's edges, the same integer tables), and
+z by bits-back. Everything the decoder recomputes reads the reconstruction, which it has,
+not the original, which it has not: the posterior that bits-back borrows from, and the
+pixel head's context. ``Bins(0)`` is lossless: each level its own bin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..errors import CodecError
+
+LEVELS = 256  # 8-bit grey (this module stays free of torch: the command line imports it)
+
+MAX_ERROR = 127
+"""the largest bound a file may carry: bins of 255 levels, two of them"""
+
+
+def check_max_error(max_error: object, lossless_allowed: bool = True) -> int:
+    """``max_error`` as an int, or a one-line CodecError naming the range."""
+    low = 0 if lossless_allowed else 1
+    if isinstance(max_error, bool) or not isinstance(max_error, (int, np.integer)):
+        raise CodecError(
+            f"the largest error must be an integer {low}..{MAX_ERROR}; got {max_error!r}"
+        )
+    if not low <= max_error <= MAX_ERROR:
+        hint = "" if lossless_allowed else " (leave it out for lossless)"
+        raise CodecError(f"the largest error must be {low}..{MAX_ERROR}{hint}; got {max_error}")
+    return int(max_error)
+
+
+@dataclass(frozen=True)
+class Bins:
+    """The bins of 8-bit grey levels for a largest error ``max_error`` (0: lossless)."""
+
+    max_error: int
+
+    def __post_init__(self) -> None:
+        check_max_error(self.max_error)
+
+    @property
+    def width(self) -> int:
+        return 2 * self.max_error + 1
+
+    @property
+    def count(self) -> int:
+        """The symbols a pixel is coded as: 256 lossless, 86 for k = 1, 2 for k = 127."""
+        return (LEVELS - 1 + self.max_error) // self.width + 1
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        """The grey-level edge above each bin (edge ``i`` lies between levels ``i`` and
+        ``i + 1``; the last bin's is 255, the top): ``exact_likelihoods``' symbol edges."""
+        tops = np.arange(self.count, dtype=np.int64) * self.width + self.max_error
+        return np.minimum(tops, LEVELS - 1)
+
+    @cached_property
+    def centres(self) -> np.ndarray:
+        """The grey level each bin decodes to, ``uint8``."""
+        return np.minimum(np.arange(self.count) * self.width, LEVELS - 1).astype(np.uint8)
+
+    def symbols(self, images: np.ndarray) -> np.ndarray:
+        """Each pixel's bin (``int32``, the shape of ``images``)."""
+        return (images.astype(np.int32) + self.max_error) // self.width
+
+    def reconstruct(self, symbols: np.ndarray) -> np.ndarray:
+        """The decoded pixels of bins ``symbols``, ``uint8``."""
+        return self.centres[symbols]
+
+    def quantize(self, images: np.ndarray) -> np.ndarray:
+        """What a decoder gives back for ``images``: every pixel within ``max_error``."""
+        return self.reconstruct(self.symbols(images))
