@@ -1,10 +1,9 @@
 """Near-lossless coding: every pixel back within ``k`` grey levels, guaranteed.
 
-The grey levels are cut into bins of ``2k + 1`` levels centred on the multiples of
-``2k + 1`` (bin ``j`` holds ``j (2k + 1) - k .. j (2k + 1) + k``, cut to 0..255), and a
-pixel is sent as its bin and decoded as the bin's centre (cut to 0..255 too). The centre is
-within ``k`` of every level in its bin, so the bound holds by construction; 0 is a centre, so
-MNIST's blank background comes back exactly.
+The grey levels are cut into bins of at most ``2k + 1`` levels (``Bins``), and a pixel is
+sent as its bin and decoded as the bin's centre, within ``k`` of every level in the bin: the
+bound holds by construction. 0 and 255 are centres, so MNIST's blank background and its
+saturated strokes come back exactly.
 
 ``lossless.BitsBackCodec`` codes the bins as it codes grey levels, with the model's
 likelihood summed over each bin (its CDF at the bin's edges, the same integer tables), and
@@ -43,7 +42,12 @@ def check_max_error(max_error: object, lossless_allowed: bool = True) -> int:
 
 @dataclass(frozen=True)
 class Bins:
-    """The bins of 8-bit grey levels for a largest error ``max_error`` (0: lossless)."""
+    """The bins of 8-bit grey levels for a largest error ``max_error`` k (0: lossless).
+
+    Black (0) and white (255) are bins' centres, so both come back exact: MNIST's
+    background is 0 and its strokes mostly 252 to 255. From each end, bins of ``2k + 1``
+    levels follow (the end bins are the half of one that fits: 0..k and 255-k..255); the
+    levels left over in the middle make one narrower bin, decoded to its middle."""
 
     max_error: int
 
@@ -54,26 +58,45 @@ class Bins:
     def width(self) -> int:
         return 2 * self.max_error + 1
 
+    @cached_property
+    def widths(self) -> np.ndarray:
+        """The levels in each bin, from black up."""
+        k, w = self.max_error, self.width
+        if 2 * (k + 1) >= LEVELS:
+            return np.array([k + 1, LEVELS - (k + 1)])
+        middle = LEVELS - 2 * (k + 1)  # the levels between the end bins
+        count = -(-middle // w)
+        below = (count - 1) // 2  # full bins below the narrow one
+        narrow = middle - (count - 1) * w
+        return np.array([k + 1] + [w] * below + [narrow] + [w] * (count - 1 - below) + [k + 1])
+
     @property
     def count(self) -> int:
         """The symbols a pixel is coded as: 256 lossless, 86 for k = 1, 2 for k = 127."""
-        return (LEVELS - 1 + self.max_error) // self.width + 1
+        return len(self.widths)
 
     @cached_property
     def edges(self) -> np.ndarray:
         """The grey-level edge above each bin (edge ``i`` lies between levels ``i`` and
         ``i + 1``; the last bin's is 255, the top): ``exact_likelihoods``' symbol edges."""
-        tops = np.arange(self.count, dtype=np.int64) * self.width + self.max_error
-        return np.minimum(tops, LEVELS - 1)
+        return np.cumsum(self.widths) - 1
 
     @cached_property
     def centres(self) -> np.ndarray:
-        """The grey level each bin decodes to, ``uint8``."""
-        return np.minimum(np.arange(self.count) * self.width, LEVELS - 1).astype(np.uint8)
+        """The grey level each bin decodes to, ``uint8``: 0, 255, and each other bin's
+        middle level."""
+        lows = self.edges + 1 - self.widths
+        centres = lows + (self.widths - 1) // 2
+        centres[0], centres[-1] = 0, LEVELS - 1
+        return centres.astype(np.uint8)
+
+    @cached_property
+    def _symbol_of_level(self) -> np.ndarray:
+        return np.repeat(np.arange(self.count, dtype=np.int32), self.widths)
 
     def symbols(self, images: np.ndarray) -> np.ndarray:
         """Each pixel's bin (``int32``, the shape of ``images``)."""
-        return (images.astype(np.int32) + self.max_error) // self.width
+        return self._symbol_of_level[images]
 
     def reconstruct(self, symbols: np.ndarray) -> np.ndarray:
         """The decoded pixels of bins ``symbols``, ``uint8``."""
