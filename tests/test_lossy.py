@@ -369,3 +369,45 @@ def test_the_summary_compares_ours_with_the_learned_codecs_or_says_none_reaches(
     weaker = _sweep("a", "per image", [(64.0, 12.0), (160.0, 18.0)])  # never 19 dB
     t = rd.summary(ours, ours, pca, classic, weaker, rate=6)["targets"]
     assert t["best_learned"] == "none reaches our PSNR" and t["ratio_learned_whole_set"] is None
+
+
+def test_the_near_lossless_curve_is_the_bytes_written_and_the_bins_quality(folder, test_digits):
+    from mnist_vae.compression.lossless import BitsBackCodec
+
+    codec = BitsBackCodec.from_folder(folder)
+    curve = rd.near_lossless(codec, test_digits, errors=(2, 16))
+    assert list(curve["setting"]) == ["max error 2", "max error 16", "lossless"]
+    assert list(curve["largest_error"]) == [2, 16, 0]
+    assert list(curve["bytes"]) == [
+        len(codec.compress(test_digits, max_error=k)) for k in (2, 16, 0)
+    ]
+    assert curve.loc[1, "bytes"] < curve.loc[0, "bytes"] < curve.loc[2, "bytes"]
+    assert curve.loc[0, "psnr"] == pytest.approx(psnr(test_digits, Bins(2).quantize(test_digits)))
+    assert curve.loc[0, "psnr"] > curve.loc[1, "psnr"] and curve.loc[2, "psnr"] == np.inf
+
+
+def test_the_near_lossless_summary_sets_ours_against_jpeg_ls_and_every_curve():
+    ours = _sweep(rd.OURS, "whole set", [(40.0, 15.0), (80.0, 19.0)])
+    near = _sweep(rd.OURS, "near-lossless", [(400.0, 45.0), (200.0, 30.0), (800.0, np.inf)])
+    near = near.assign(setting=["max error 2", "max error 16", "lossless"],
+                       layout=["near-lossless", "near-lossless", "lossless"],
+                       largest_error=[2, 16, 0])  # fmt: skip
+    jpegls = pd.concat([
+        _sweep("JPEG-LS", layout, [(bits, 40.0), (bits / 2, 28.0)]).assign(
+            setting=["max error 2", "max error 16"])
+        for layout, bits in (("per image", 2000.0), ("mosaic", 1000.0))
+    ])  # fmt: skip
+    lossless = pd.DataFrame({"codec": ["PNG"], "layout": ["mosaic"], "bytes": [1500]})
+    others = _sweep("JPEG", "mosaic", [(300.0, 20.0), (900.0, 35.0)])
+    metrics = rd.near_lossless_summary(near, ours, jpegls, lossless, others, images=10)
+    assert metrics["lossless_bytes_per_image"] == 100.0
+    at_2 = metrics["by_max_error"][2]
+    assert at_2["bytes_per_image"] == 50.0 and at_2["jpegls_mosaic_bytes"] == 125.0
+    assert at_2["ratio_to_jpegls_mosaic"] == 0.4 and at_2["fewest_classic_bytes"] == 125.0
+    t = metrics["targets"]
+    assert t["largest_ratio_to_jpegls_mosaic"] == pytest.approx(25 / 62.5)
+    assert t["at_most_half_of_jpegls_mosaic"] and t["below_every_classic_meeting_the_bound"]
+    assert t["above_every_curve_19_to_50_db"] and t["shared_points_19_to_50_db"] > 0
+    better = _sweep("JPEG", "mosaic", [(300.0, 40.0), (900.0, 48.0)])
+    t = rd.near_lossless_summary(near, ours, jpegls, lossless, better, images=10)["targets"]
+    assert not t["above_every_curve_19_to_50_db"] and t["curves_reaching_ours"] == ["JPEG, mosaic"]

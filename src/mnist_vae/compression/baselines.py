@@ -4,9 +4,10 @@ General-purpose compressors see the raw bytes of the whole set (``N x H x W`` ui
 after row): gzip -9, bz2 -9, xz/LZMA -9e and zstd -22. Image codecs see the images two
 ways: one file per image (what a user stores) and one mosaic of the whole set (100 x 100
 digits for MNIST's 10,000: the codec's best case, its headers paid once and its context
-models trained on everything); PNG (Pillow, optimized), WebP lossless (Pillow) and JPEG
-XL lossless (imagecodecs). Every codec's output is decoded again and checked pixel for
-pixel: a baseline that is not lossless here is an error, not a figure.
+models trained on everything); PNG (Pillow, optimized), WebP lossless (Pillow), JPEG-LS
+(CharLS through imagecodecs) and JPEG XL lossless (imagecodecs). Every codec's output is
+decoded again and checked pixel for pixel: a baseline that is not lossless here is an
+error, not a figure.
 
 The lossy codecs (``measure_lossy``) run over a sweep of their quality setting, per
 image and as the mosaic, and each output is decoded and judged by PSNR and SSIM
@@ -14,6 +15,10 @@ image and as the mosaic, and each output is decoded and judged by PSNR and SSIM
 re-packed by mozjpeg (its lossless optimizer: progressive scans and the smallest Huffman
 code; the coefficients are Pillow's), WebP (Pillow, method 6), AVIF (Pillow) and JPEG XL
 (imagecodecs, its ``level`` setting, 0..100).
+
+JPEG-LS's near-lossless mode (``measure_near_lossless``) is the classic codec that bounds
+every pixel's error (its ``NEAR`` parameter, ``level`` in imagecodecs): each output is
+decoded and its largest error checked against the bound.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ RAW_CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]]
 IMAGE_CODECS: dict[str, tuple[Encode, Decode]] = {
     "PNG": _pillow("PNG", optimize=True),
     "WebP lossless": _pillow("WEBP", lossless=True, quality=100, method=6),
+    "JPEG-LS": (imagecodecs.jpegls_encode, imagecodecs.jpegls_decode),
     "JPEG XL lossless": (
         lambda image: imagecodecs.jpegxl_encode(image, lossless=True, effort=9),
         imagecodecs.jpegxl_decode,
@@ -87,6 +93,7 @@ PER_IMAGE_OPTIONS: dict[str, tuple[Encode, Decode]] = {
     # one file per image, at each library's default effort (what a user gets)
     "PNG": IMAGE_CODECS["PNG"],
     "WebP lossless": _pillow("WEBP", lossless=True, quality=100),
+    "JPEG-LS": IMAGE_CODECS["JPEG-LS"],
     "JPEG XL lossless": (
         lambda image: imagecodecs.jpegxl_encode(image, lossless=True),
         imagecodecs.jpegxl_decode,
@@ -185,16 +192,13 @@ def lossy_round_trip(
     or one mosaic: the bytes written and the images decoded from them (the mosaic's cut
     back into its tiles)."""
     encode, decode = LOSSY_CODECS[codec](quality)
-    n, h, w = images.shape
+    _, h, w = images.shape
     if layout == "per image":
         files = [encode(image) for image in images]
         decoded = np.stack([np.asarray(decode(data)).reshape(h, w) for data in files])
         return sum(map(len, files)), decoded
-    tiled = mosaic(images)
-    data = encode(tiled)
-    rows, columns = tiled.shape[0] // h, tiled.shape[1] // w
-    tiles = np.asarray(decode(data)).reshape(rows, h, columns, w).transpose(0, 2, 1, 3)
-    return len(data), tiles.reshape(-1, h, w)[:n]
+    data = encode(mosaic(images))
+    return len(data), _tiles(images, np.asarray(decode(data)))
 
 
 def measure_lossy(
@@ -213,3 +217,48 @@ def measure_lossy(
                     LossyResult(name, layout, quality, size, len(images), **quality_measures)
                 )
     return results
+
+
+def _tiles(images: np.ndarray, decoded_mosaic: np.ndarray) -> np.ndarray:
+    """The images of a decoded ``mosaic`` of ``images``, cut back into tiles."""
+    n, h, w = images.shape
+    rows, columns = decoded_mosaic.shape[0] // h, decoded_mosaic.shape[1] // w
+    tiles = decoded_mosaic.reshape(rows, h, columns, w).transpose(0, 2, 1, 3)
+    return tiles.reshape(-1, h, w)[:n]
+
+
+def near_lossless_round_trip(
+    images: np.ndarray, max_error: int, layout: str
+) -> tuple[int, np.ndarray]:
+    """JPEG-LS with every pixel within ``max_error`` on ``images``, one file per image or one
+    mosaic: the bytes written and the images decoded from them, the bound checked."""
+    encode = lambda image: imagecodecs.jpegls_encode(image, level=max_error)  # noqa: E731
+    if layout == "per image":
+        files = [encode(image) for image in images]
+        size, decoded = sum(map(len, files)), np.stack(list(map(imagecodecs.jpegls_decode, files)))
+    else:
+        data = encode(mosaic(images))
+        size, decoded = len(data), _tiles(images, imagecodecs.jpegls_decode(data))
+    largest = int(np.abs(decoded.astype(np.int16) - images).max())
+    if largest > max_error:
+        raise AssertionError(f"JPEG-LS at {max_error} decoded a pixel {largest} levels away")
+    return size, decoded
+
+
+def measure_near_lossless(
+    images: np.ndarray, errors: tuple[int, ...], progress: Callable = iter
+) -> list[dict[str, object]]:
+    """JPEG-LS at every bound of ``errors``, per image and as one mosaic: the rows of a
+    curve (``curves.COLUMNS``) with each one's ``largest_error``."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    rows = []
+    for max_error in progress(errors):
+        for layout in ("per image", "mosaic"):
+            size, decoded = near_lossless_round_trip(images, max_error, layout)
+            rows.append({
+                "codec": "JPEG-LS", "layout": layout, "setting": f"max error {max_error}",
+                "bytes": size, "bits_per_image": 8 * size / len(images),
+                **distortion(images, decoded),
+                "largest_error": int(np.abs(decoded.astype(np.int16) - images).max()),
+            })  # fmt: skip
+    return rows

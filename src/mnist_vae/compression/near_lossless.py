@@ -25,6 +25,10 @@ LEVELS = 256  # 8-bit grey (this module stays free of torch: the command line im
 
 MAX_ERROR = 127
 """the largest bound a file may carry: bins of 255 levels, two of them"""
+CURVE_ERRORS = (1, 2, 3, 4, 5, 7, 9, 12, 17, 23, 33, 48, 64, 101, 127)
+"""the bounds of the rate-distortion curve (``rate_distortion``, and JPEG-LS at the same in
+``baselines``): on MNIST's test digits their PSNRs are at most 3 dB apart below 50 dB
+(20.7 dB at k = 127 up to 51.6 at k = 2; 56.9 at k = 1)"""
 
 
 def check_max_error(max_error: object, lossless_allowed: bool = True) -> int:

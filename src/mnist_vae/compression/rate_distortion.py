@@ -6,6 +6,11 @@ header, and the sum of the per-image streams); every distortion is measured on t
 images decoded from those bytes (``distortion``'s PSNR and SSIM, through a ``reference``
 that does the originals' share of SSIM once per sweep).
 
+Between the lossy code and the lossless file, ``near_lossless`` sweeps our near-lossless
+file over ``CURVE_ERRORS`` (every pixel within k grey levels), against JPEG-LS at the same
+bounds (``baselines.measure_near_lossless``): one curve of ours from the latent code's
+lowest level to the lossless file (``LOSSLESS``, its PSNR infinite: drawn apart).
+
 PCA is the linear code a VAE should beat: principal components of the training images,
 each image's coefficients quantized on a grid of one step for all components (for a
 squared error in pixel space, an orthonormal code is best served by a uniform step) and
@@ -28,12 +33,27 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no display n
 from ..images import load_strip
 from ..params import LEARNED_CODECS
 from .baselines import lossy_round_trip
-from .curves import COLUMNS, OURS, SHOWN, decoded_strip, point
+from .curves import (
+    COLUMNS,
+    LOSSLESS,
+    NEAR_LOSSLESS,
+    OURS,
+    SHOWN,
+    decoded_strip,
+    joined_curve_of_ours,
+    mark_lossless,
+    point,
+)
 from .distortion import psnr
+from .lossless import BitsBackCodec
 from .lossy import MAX_RATE, FactorizedCoder, LossyCodec
+from .near_lossless import CURVE_ERRORS, Bins
 from .reference import Reference
 
 SIDE = 28
+PSNR_RANGE = (19.0, 50.0)
+"""where our one curve must lie above every other codec's (the lossy code's top to
+near-lossless at k = 3)"""
 
 PCA_COMPONENTS = (5, 10, 20, 40, 80)
 PCA_STEPS = tuple(2.0 ** (2 - j / 2) for j in range(11))
@@ -58,6 +78,95 @@ def ours(
             quality = reference.distortion(each)
         rows.append(point(OURS, "per image", setting, sum(map(len, streams)), len(images), quality))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def near_lossless(
+    codec: BitsBackCodec,
+    images: np.ndarray,
+    errors: tuple[int, ...] = CURVE_ERRORS,
+    progress: Callable = iter,
+) -> pd.DataFrame:
+    """Our near-lossless file of ``images`` at every bound of ``errors``, then the lossless
+    one: the bytes written, and the quality of the pixels the file decodes to (the bins'
+    centres, ``Bins.quantize``: the decoder gives exactly those or refuses the file, their
+    checksum is in it; bench/near_lossless.py decodes every file), with ``largest_error``."""
+    rows, reference = [], Reference(images)
+    for k in progress((*errors, 0)):
+        size = len(codec.compress(images, max_error=k))
+        if k == 0:
+            quality = {"psnr": np.inf, "ssim": 1.0}
+            rows.append(point(OURS, LOSSLESS, LOSSLESS, size, len(images), quality))
+        else:
+            decoded = Bins(k).quantize(images)
+            quality = reference.distortion(decoded)
+            rows.append(point(OURS, NEAR_LOSSLESS, f"max error {k}", size, len(images), quality))
+        rows[-1]["largest_error"] = k
+    return pd.DataFrame(rows, columns=[*COLUMNS, "largest_error"])
+
+
+def one_curve(ours_lossy: pd.DataFrame, near: pd.DataFrame) -> pd.DataFrame:
+    """Our whole-set lossy points, then the near-lossless ones: one curve, by bits."""
+    whole = ours_lossy[ours_lossy["layout"] == "whole set"]
+    finite = near[near["layout"] == NEAR_LOSSLESS]
+    return pd.concat([whole, finite], ignore_index=True).sort_values("bits_per_image")
+
+
+def near_lossless_summary(
+    near: pd.DataFrame, ours_lossy: pd.DataFrame, jpegls: pd.DataFrame,
+    lossless_baselines: pd.DataFrame, others: pd.DataFrame, images: int,
+) -> dict[str, object]:  # fmt: skip
+    """Each bound's bytes per image and quality beside JPEG-LS's (per image and mosaic), and
+    the targets: at most half of JPEG-LS's mosaic at every bound; fewer bytes than every
+    classic codec that meets the bound (JPEG-LS at it, every lossless one); our one curve
+    above every other codec's (``others``: classic and learned, lossy; JPEG-LS) at every
+    shared rate where theirs is within ``PSNR_RANGE``."""
+    theirs = jpegls.set_index(["setting", "layout"])
+    classic_lossless = float(lossless_baselines["bytes"].min()) / images
+    table = {}
+    for _, row in near[near["layout"] == NEAR_LOSSLESS].iterrows():
+        per_image = theirs.loc[(row["setting"], "per image")]
+        tiled = theirs.loc[(row["setting"], "mosaic")]
+        ours_bytes = row["bits_per_image"] / 8
+        table[int(row["largest_error"])] = {
+            "bytes_per_image": ours_bytes,
+            "psnr": float(row["psnr"]),
+            "ssim": float(row["ssim"]),
+            "jpegls_per_image_bytes": float(per_image["bits_per_image"]) / 8,
+            "jpegls_per_image_psnr": float(per_image["psnr"]),
+            "jpegls_mosaic_bytes": float(tiled["bits_per_image"]) / 8,
+            "jpegls_mosaic_psnr": float(tiled["psnr"]),
+            "ratio_to_jpegls_mosaic": ours_bytes / (float(tiled["bits_per_image"]) / 8),
+            "fewest_classic_bytes": min(
+                classic_lossless,
+                float(per_image["bits_per_image"]) / 8,
+                float(tiled["bits_per_image"]) / 8,
+            ),
+        }
+    curve = one_curve(ours_lossy, near)
+    low, high = PSNR_RANGE
+    below, shared = [], 0
+    for (codec, layout), sweep in pd.concat([others, jpegls]).groupby(["codec", "layout"]):
+        compared = shared_rate_comparison(curve, sweep)
+        compared = compared[compared["other_psnr"].between(low, high)]
+        shared += len(compared)
+        below += [f"{codec}, {layout}"] * int((compared["psnr"] <= compared["other_psnr"]).sum())
+    ratios = [v["ratio_to_jpegls_mosaic"] for v in table.values()]
+    lossless = near[near["layout"] == LOSSLESS]
+    return {
+        "lossless_bytes_per_image": float(lossless["bits_per_image"].iloc[0]) / 8,
+        "by_max_error": table,
+        "targets": {
+            "largest_ratio_to_jpegls_mosaic": max(ratios),
+            "at_most_half_of_jpegls_mosaic": bool(max(ratios) <= 0.5),
+            "at_most_0.4_of_jpegls_mosaic": bool(max(ratios) <= 0.4),
+            "below_every_classic_meeting_the_bound": all(
+                v["bytes_per_image"] < v["fewest_classic_bytes"] for v in table.values()
+            ),
+            "shared_points_19_to_50_db": shared,
+            "above_every_curve_19_to_50_db": not below,
+            "curves_reaching_ours": sorted(set(below)),
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -208,6 +317,7 @@ def save_curves(curves: pd.DataFrame, path: str | Path) -> Path:
     """PSNR and SSIM against bits per image (log scale), one line per codec and layout."""
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     axes = figure.subplots(1, 2)
+    curves, lossless = joined_curve_of_ours(curves)
     for (codec, layout), points in curves.groupby(["codec", "layout"], sort=False):
         points = points.sort_values("bits_per_image")
         styles = {OURS: "-o", "PCA": "--s"} | dict.fromkeys(LEARNED_CODECS, "-.^")
@@ -219,6 +329,8 @@ def save_curves(curves: pd.DataFrame, path: str | Path) -> Path:
     for ax, label in zip(axes, ("PSNR (dB)", "SSIM"), strict=True):
         ax.set(xscale="log", xlabel="bits per image (bytes written x 8 / images)", ylabel=label)
         ax.grid(alpha=0.3)
+        if lossless is not None:
+            mark_lossless(ax, lossless)
     axes[1].legend(fontsize=7, loc="lower right")
     figure.suptitle("Rate against distortion on the test images")
     path = Path(path)

@@ -9,17 +9,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-from ..compression.curves import OURS
+from ..compression.curves import ONE_CURVE, OURS, joined_curve_of_ours, mark_lossless
 from ..params import LEARNED_CODECS
 
-# The curves worth a glance: ours, PCA, the learned codecs and the classic codecs per image
-# (what a user stores); the mosaics and the prior's curve stay in curves.png.
-SHOWN_LAYOUTS = ("whole set", "per image")
-YLIM = (12, 36)  # where the digits are told apart; curves.png has every point
+# The curves worth a glance: ours (lossy, then near-lossless, and where the lossless file
+# lies), PCA, the learned codecs and the classic codecs per image (what a user stores); the
+# mosaics and the prior's curve stay in curves.png.
+SHOWN_LAYOUTS = (ONE_CURVE, "whole set", "per image")
+YLIM = (12, 60)  # from where the digits are told apart to near-lossless at k = 1
 
 
 def shown_curves(curves: pd.DataFrame) -> pd.DataFrame:
-    """The curves the overview draws: every codec's whole-set or per-image curve."""
+    """The curves the overview draws: our one curve, every codec's whole-set or per-image
+    curve."""
     return curves[curves["layout"].isin(SHOWN_LAYOUTS)]
 
 
@@ -40,10 +42,11 @@ def save_overview(
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
     ax = chart.subplots()
+    curves, lossless = joined_curve_of_ours(curves)
     for (codec, layout), points in shown_curves(curves).groupby(["codec", "layout"], sort=False):
         points = points.sort_values("bytes")
         if codec == OURS:
-            line = "-" if layout == "whole set" else "--"
+            line = "-" if layout == ONE_CURVE else "--"
             style = {"color": "black", "ls": line, "lw": 2, "marker": "o", "zorder": 3}
         else:
             learned = codec in LEARNED_CODECS
@@ -51,7 +54,9 @@ def save_overview(
         per_image = points["bits_per_image"] / 8
         ax.plot(per_image, points["psnr"], ms=3, label=f"{codec}, {layout}", **style)
     ax.set(xscale="log", xlabel="bytes per digit (written)", ylabel="PSNR (dB)", ylim=YLIM)
-    ax.set_title("lossy codecs on the test digits", fontsize=10)
+    if lossless is not None:
+        mark_lossless(ax, lossless, per=8)
+    ax.set_title("lossy and near-lossless codecs on the test digits", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     path = Path(path)
