@@ -244,4 +244,9 @@ def test_the_served_model_is_logged_again_with_the_current_code(workdir, tmp_pat
     (version,) = client.search_model_versions(f"name = '{runs.REGISTERED_MODEL}'")
     run = client.get_run(version.run_id)
     assert run.data.tags[runs.MODEL_SHA_TAG] == runs.file_sha256(workdir / "model/model.pt")
+    served = mlflow.pyfunc.load_model(f"models:/{runs.REGISTERED_MODEL}/{version.version}")
+    digits = np.stack([np.asarray(Image.open(workdir / name)) for name in _digits(workdir)[:2]])
+    streams = served.predict(digits / 255, params={"mode": "compress", "max_error": 3})
+    back = served.predict(np.array(streams), params={"mode": "decompress"})  # MLflow's schema
+    assert np.array_equal(np.round(back * 255).astype(np.uint8), Bins(3).quantize(digits))
     mlflow.set_tracking_uri(None)

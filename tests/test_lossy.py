@@ -411,3 +411,23 @@ def test_the_near_lossless_summary_sets_ours_against_jpeg_ls_and_every_curve():
     better = _sweep("JPEG", "mosaic", [(300.0, 40.0), (900.0, 48.0)])
     t = rd.near_lossless_summary(near, ours, jpegls, lossless, better, images=10)["targets"]
     assert not t["above_every_curve_19_to_50_db"] and t["curves_reaching_ours"] == ["JPEG, mosaic"]
+
+
+def test_the_charts_join_our_curves_into_one_and_mark_the_lossless_file(tmp_path):
+    from mnist_vae.compression.curves import ONE_CURVE, joined_curve_of_ours
+    from mnist_vae.evaluation.overview import save_overview
+
+    lossy = _sweep(rd.OURS, "whole set", [(40.0, 15.0), (80.0, 19.0)])
+    per_image = _sweep(rd.OURS, "per image", [(60.0, 15.0)])
+    near = _sweep(rd.OURS, "near-lossless", [(200.0, 30.0)])
+    lossless = _sweep(rd.OURS, "lossless", [(800.0, np.inf)])
+    jpeg = _sweep("JPEG", "per image", [(900.0, 30.0)])
+    curves = pd.concat([lossy, per_image, near, lossless, jpeg])  # indices repeat, as read
+    joined, bits = joined_curve_of_ours(curves)
+    assert bits == 800.0 and len(joined) == len(curves) - 1
+    ours = joined[joined["layout"] == ONE_CURVE]
+    assert sorted(ours["bits_per_image"]) == [40.0, 80.0, 200.0]
+    assert set(joined["layout"]) == {ONE_CURVE, "per image"}
+    assert rd.save_curves(curves, tmp_path / "curves.png").stat().st_size > 0
+    grid = np.zeros((56, 56), np.uint8)
+    assert save_overview(grid, grid, curves, tmp_path / "overview.png").stat().st_size > 0

@@ -44,7 +44,7 @@ def save_overview(
     ax = chart.subplots()
     curves, lossless = joined_curve_of_ours(curves)
     for (codec, layout), points in shown_curves(curves).groupby(["codec", "layout"], sort=False):
-        points = points.sort_values("bytes")
+        points = points.sort_values("bits_per_image")
         if codec == OURS:
             line = "-" if layout == ONE_CURVE else "--"
             style = {"color": "black", "ls": line, "lw": 2, "marker": "o", "zorder": 3}
@@ -58,7 +58,7 @@ def save_overview(
         mark_lossless(ax, lossless, per=8)
     ax.set_title("lossy and near-lossless codecs on the test digits", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
