@@ -32,6 +32,7 @@ import torch
 import yaml
 from PIL import Image
 
+from mnist_vae.compression.near_lossless import CURVE_ERRORS
 from mnist_vae.data import dataset_digest
 from mnist_vae.model.vae import load_model
 from mnist_vae.tracking import runs
@@ -228,6 +229,13 @@ def test_the_rate_distortion_stage_measures_ours_beside_the_baselines(project):
                 assert (project / path).exists(), path
     for picture in ("curves.png", "equal_bytes.png"):
         assert Image.open(project / "data/compression/lossy" / picture).size[0] > 500
+    near = json.loads((project / "data/metrics/near_lossless.json").read_text())
+    bounds = near["by_max_error"]
+    assert list(bounds) == [str(k) for k in CURVE_ERRORS]  # JPEG-LS measured at each too
+    assert bounds["1"]["bytes_per_image"] < near["lossless_bytes_per_image"]
+    assert bounds["64"]["bytes_per_image"] < bounds["4"]["bytes_per_image"]
+    assert all(b["psnr"] > b["jpegls_mosaic_psnr"] - 3 for b in bounds.values())
+    assert near["targets"]["below_every_classic_meeting_the_bound"]
 
 
 def test_dvc_plots_show_renders_every_plot_in_one_page(project):
@@ -236,7 +244,7 @@ def test_dvc_plots_show_renders_every_plot_in_one_page(project):
     page = (project / "plots_page" / "index.html").read_text()
     plots = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
     names = [p if isinstance(p, str) else next(iter(p)) for p in plots]
-    assert len(names) == 16
+    assert len(names) == 17
     for name in names:
         assert name in page, name
 

@@ -432,7 +432,7 @@ def write_curves(curves: pd.DataFrame, folder: str | Path) -> list[Path]:
     for (codec, layout), points in curves.groupby(["codec", "layout"], sort=False):
         name = "".join(c for c in f"{codec} {layout}".lower() if c.isalnum() or c in " -")
         paths.append(folder / f"{'_'.join(name.split())}.csv")
-        points.to_csv(paths[-1], index=False)
+        points.dropna(axis=1, how="all").to_csv(paths[-1], index=False)  # only its columns
     return paths
 
 
