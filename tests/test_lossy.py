@@ -374,15 +374,13 @@ def test_the_summary_compares_ours_with_the_learned_codecs_or_says_none_reaches(
 def test_the_near_lossless_curve_is_the_bytes_written_and_the_bins_quality(folder, test_digits):
     from mnist_vae.compression.lossless import BitsBackCodec
 
-    codec = BitsBackCodec.from_folder(folder)
-    curve = rd.near_lossless(codec, test_digits, errors=(2, 16))
+    codec, digits = BitsBackCodec.from_folder(folder), test_digits[:25]
+    curve = rd.near_lossless(codec, digits, errors=(2, 16))
     assert list(curve["setting"]) == ["max error 2", "max error 16", "lossless"]
     assert list(curve["largest_error"]) == [2, 16, 0]
-    assert list(curve["bytes"]) == [
-        len(codec.compress(test_digits, max_error=k)) for k in (2, 16, 0)
-    ]
+    assert curve.loc[0, "bytes"] == len(codec.compress(digits, max_error=2))
     assert curve.loc[1, "bytes"] < curve.loc[0, "bytes"] < curve.loc[2, "bytes"]
-    assert curve.loc[0, "psnr"] == pytest.approx(psnr(test_digits, Bins(2).quantize(test_digits)))
+    assert curve.loc[0, "psnr"] == pytest.approx(psnr(digits, Bins(2).quantize(digits)))
     assert curve.loc[0, "psnr"] > curve.loc[1, "psnr"] and curve.loc[2, "psnr"] == np.inf
 
 
