@@ -6,8 +6,12 @@ import gzip
 import hashlib
 import os
 import struct
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +92,30 @@ def mnist_mirror() -> Path:
     if not all((mirror / f"{name}.gz").is_file() for name in data.MNIST_SHA256):
         pytest.skip(f"no local MNIST mirror at {mirror}; set {data.MIRROR_ENV}")
     return mirror.resolve()
+
+
+_DECODER = (
+    "import sys, numpy as np, torch\n"
+    "torch.set_num_threads(int(sys.argv[4]))\n"
+    "from mnist_vae.compression.lossless import BitsBackCodec\n"
+    "codec = BitsBackCodec.from_folder(sys.argv[1])\n"
+    "np.save(sys.argv[3], codec.decompress(open(sys.argv[2], 'rb').read()))\n"
+)
+
+
+@pytest.fixture
+def decoded_elsewhere(tmp_path) -> Callable[[Path, bytes], np.ndarray]:
+    """``decoded_elsewhere(folder, data)``: the images a fresh interpreter decodes from a
+    lossless or near-lossless file ``data`` with the model in ``folder``, on another thread
+    count than this process's (one, or two where this one has one, as under xdist on two
+    cores)."""
+
+    def decode(folder: Path, data: bytes) -> np.ndarray:
+        stream, out = tmp_path / "elsewhere.mvae", tmp_path / "elsewhere.npy"
+        stream.write_bytes(data)
+        threads = 2 if torch.get_num_threads() == 1 else 1
+        args = [str(folder), str(stream), str(out), str(threads)]
+        subprocess.run([sys.executable, "-c", _DECODER, *args], check=True)
+        return np.load(out)
+
+    return decode

@@ -6,8 +6,6 @@ with another thread count."""
 from __future__ import annotations
 
 import gzip
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -182,25 +180,11 @@ def test_binarized_digits_code_with_an_autoregressive_bernoulli_model(tmp_path, 
 
 
 def test_a_stream_decodes_in_another_process_with_another_thread_count(
-    codec, folder, digits, tmp_path
+    codec, folder, digits, decoded_elsewhere
 ):
     """Written here with this process's threads, read by a fresh interpreter on another
-    count (one, or two where this process has one, as under xdist on two cores): every
-    pass of every group sees the same integers, under either schedule."""
-    stream = tmp_path / "digits.mvae"
-    stream.write_bytes(codec.compress(digits[:25]))
-    threads = 2 if torch.get_num_threads() == 1 else 1
-    code = (
-        "import sys, numpy as np, torch\n"
-        "torch.set_num_threads(int(sys.argv[4]))\n"
-        "from mnist_vae.compression.lossless import BitsBackCodec\n"
-        "codec = BitsBackCodec.from_folder(sys.argv[1])\n"
-        "np.save(sys.argv[3], codec.decompress(open(sys.argv[2], 'rb').read()))\n"
-    )
-    out = tmp_path / "out.npy"
-    args = [str(folder), str(stream), str(out), str(threads)]
-    subprocess.run([sys.executable, "-c", code, *args], check=True)
-    assert np.array_equal(np.load(out), digits[:25])
+    count: every pass of every group sees the same integers, under either schedule."""
+    assert np.array_equal(decoded_elsewhere(folder, codec.compress(digits[:25])), digits[:25])
 
 
 def test_damage_is_one_clear_error(codec, digits):

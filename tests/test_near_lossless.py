@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -168,19 +166,9 @@ def test_lossless_files_are_unchanged_by_the_mode(factorized, digits):
     assert Header.unpack(codec.compress(digits[:10]))[0].mode == 0
 
 
-def test_a_file_decodes_in_another_process_with_another_thread_count(passes, digits, tmp_path):
+def test_a_file_decodes_in_another_process_with_another_thread_count(
+    passes, digits, decoded_elsewhere
+):
     codec, folder = passes
-    stream = tmp_path / "digits.mvae"
-    stream.write_bytes(codec.compress(digits[:25], max_error=6))
-    threads = 2 if torch.get_num_threads() == 1 else 1
-    code = (
-        "import sys, numpy as np, torch\n"
-        "torch.set_num_threads(int(sys.argv[4]))\n"
-        "from mnist_vae.compression.lossless import BitsBackCodec\n"
-        "codec = BitsBackCodec.from_folder(sys.argv[1])\n"
-        "np.save(sys.argv[3], codec.decompress(open(sys.argv[2], 'rb').read()))\n"
-    )
-    out = tmp_path / "out.npy"
-    args = [str(folder), str(stream), str(out), str(threads)]
-    subprocess.run([sys.executable, "-c", code, *args], check=True)
-    assert np.array_equal(np.load(out), Bins(6).quantize(digits[:25]))
+    decoded = decoded_elsewhere(folder, codec.compress(digits[:25], max_error=6))
+    assert np.array_equal(decoded, Bins(6).quantize(digits[:25]))

@@ -113,9 +113,8 @@ def compress(
     one is given."""
     from .compression.lossless import BitsBackCodec
     from .compression.lossy import LossyCodec
-    from .compression.near_lossless import Bins, check_max_error
+    from .compression.near_lossless import Bins
 
-    check_max_error(max_error)
     _refuse_existing(output, force)
     with tempfile.TemporaryDirectory() as scratch:
         folder = resolve_model(model, Path(scratch))

@@ -121,16 +121,10 @@ def cdf_at(loss: str, rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     top = LEVELS - 1
     if loss == "logistic_mixture":
         inner = _inner_edges(rows.device)
-        if at.dim() == 2:
-            cdf = _mixture_cdf(rows, inner[at.clamp(max=top - 1)])
-            return torch.where(at < top, cdf[:, :-1], cdf[:, -1:])
-        inside = at < top  # the top edge is the total, which _mixture_cdf gives anyway
-        if not inside[-1] and inside[:-1].all():  # inner edges, then the top: the usual
-            return _mixture_cdf(rows, inner[at[:-1]])
-        cdf = _mixture_cdf(rows, inner[at[inside]])
-        out = cdf[:, -1:].repeat(1, len(at))
-        out[:, inside] = cdf[:, :-1]
-        return out
+        if at.dim() == 1 and at[-1] == top and bool((at[:-1] < top).all()):
+            return _mixture_cdf(rows, inner[at[:-1]])  # its last column is the total
+        cdf = _mixture_cdf(rows, inner[at.clamp(max=top - 1)])
+        return torch.where(at < top, cdf[:, :-1], cdf[:, -1:])
     cumulative = frequencies(loss, rows).cumsum(1)
     index = at.expand(len(rows), -1) if at.dim() == 1 else at
     return cumulative.gather(1, index)

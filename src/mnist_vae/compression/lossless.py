@@ -318,7 +318,8 @@ class BitsBackCodec:
         value = flat[nonzero] - 1
         groups, places = value // BIN, value % BIN
         nonzero_rows = rows[torch.from_numpy(np.flatnonzero(nonzero))]
-        group_table = self._group_frequencies(nonzero_rows, bins)
+        several = _groups(bins) > 1  # else (k >= 8) every bin is in group 0: nothing to send
+        group_table = self._group_frequencies(nonzero_rows, bins) if several else None
         place_table = self._in_group_frequencies(nonzero_rows, groups, bins)
         ends = np.cumsum(nonzero.reshape(k, n).sum(1))  # nonzero pixels up to each pass's end
         for p in reversed(range(k)):
@@ -326,7 +327,7 @@ class BitsBackCodec:
             some = slice(ends[p - 1] if p else 0, ends[p])
             if ends[p] > some.start:  # pushed first: popped after the zero flags that locate them
                 coder.encode_reverse(places[some], self.categorical, place_table[some])
-                if group_table.shape[1] > 1:  # one group (k >= 8): nothing to send
+                if several:
                     coder.encode_reverse(groups[some], self.categorical, group_table[some])
             flags = (~nonzero[at]).astype(np.int32)
             coder.encode_reverse(flags, self.categorical, zero_table[at])
@@ -341,10 +342,9 @@ class BitsBackCodec:
         index = torch.from_numpy(np.flatnonzero(nonzero))
         if len(index):
             some = rows[index]
-            group_table = self._group_frequencies(some, bins)
             groups = (
-                coder.decode(self.categorical, group_table)
-                if group_table.shape[1] > 1
+                coder.decode(self.categorical, self._group_frequencies(some, bins))
+                if _groups(bins) > 1
                 else np.zeros(len(some), np.int32)
             )
             places = coder.decode(self.categorical, self._in_group_frequencies(some, groups, bins))
@@ -503,6 +503,11 @@ class BitsBackCodec:
         if (sizes < floor).any() or start + sizes.sum() != len(stack):
             raise CodecError("the file is damaged: its coding groups do not add up to its words")
         return groups, ends, stack
+
+
+def _groups(bins: Bins) -> int:
+    """The groups of ``BIN`` bins that the bins other than bin 0 make."""
+    return -(-(bins.count - 1) // BIN)
 
 
 def min_words(image_shape: tuple[int, ...], symbols: int) -> int:

@@ -178,7 +178,7 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
     def _decompress_streams(self, streams: list[bytes]) -> np.ndarray:
         """Lossy one-image streams and near-lossless files, in the order given."""
         files = [i for i, data in enumerate(streams) if data[:4] == MAGIC]  # near-lossless
-        lossy = [i for i in range(len(streams)) if i not in set(files)]
+        lossy = sorted(set(range(len(streams))) - set(files))
         images = np.empty((len(streams), *self.model.image_shape[1:]), dtype=np.uint8)
         if lossy:
             images[lossy] = self.codec.decompress_each([streams[i] for i in lossy])
