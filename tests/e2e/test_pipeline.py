@@ -500,6 +500,15 @@ def _gone_within(processes: list[psutil.Process], seconds: float) -> list[psutil
     return alive
 
 
+def _wait_for_startups(log: Path, count: int, server: subprocess.Popen) -> None:
+    """Wait until the server's ``log`` shows ``count`` worker startups complete."""
+    deadline = time.monotonic() + 180
+    while log.read_text().count("Application startup complete") < count:
+        assert server.poll() is None, f"server exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"{count} startups expected:\n{log.read_text()}"
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize("stop", ["workers killed and crashed, then SIGTERM", "SIGINT"])
 def test_a_stopped_server_leaves_no_process_behind(project, stop):
     """``mlflow models serve --workers 2`` as the README starts it, stopped as a supervisor,
@@ -519,6 +528,9 @@ def test_a_stopped_server_leaves_no_process_behind(project, stop):
         )  # fmt: skip
     try:
         harness.wait_for(f"http://127.0.0.1:{port}/ping", server, log)
+        # /ping answers once one worker is up; a worker killed before its own startup ends
+        # never logs it, and the count of startups below would never be reached
+        _wait_for_startups(log, 2, server)
         workers = _workers(server.pid)
         assert len(workers) == 2, [p.cmdline() for p in _descendants(server.pid)]
         if stop == "SIGINT":
@@ -531,16 +543,12 @@ def test_a_stopped_server_leaves_no_process_behind(project, stop):
                 left = _gone_within(pictures, 10)
                 assert not left, f"{how.name}: picture processes left {left}"
             # uvicorn replaces a worker that ended; the server is stopped once both
-            # replacements are up (stopped while one starts, uvicorn waits for it to start).
-            # Under xdist beside the portability matrix a replacement took 181 s to start.
-            deadline = time.monotonic() + 300
-            while (
-                len(replaced := _workers(server.pid)) < 2
-                or set(replaced) & set(workers)
-                or log.read_text().count("Application startup complete") < 4
-            ):
+            # replacements are up (stopped while one starts, uvicorn waits for it to start)
+            _wait_for_startups(log, 4, server)
+            deadline = time.monotonic() + 60
+            while len(replaced := _workers(server.pid)) < 2 or set(replaced) & set(workers):
                 assert time.monotonic() < deadline, f"workers not replaced:\n{log.read_text()}"
-                time.sleep(1)
+                time.sleep(0.5)
             harness.wait_for(f"http://127.0.0.1:{port}/ping", server, log)
             everything = _descendants(server.pid)
             server.send_signal(signal.SIGTERM)
