@@ -18,6 +18,13 @@ from mnist_vae.params import LEARNED_CODECS, LearnedBaselinesParams
 TINY = {"channels": 8, "latent_channels": 8}
 
 
+@pytest.fixture(autouse=True)
+def few_settling_steps(monkeypatch):
+    """After a few steps of training, the quantiles would take all of ``SETTLE_STEPS`` (5,000,
+    10 s each time) to settle; what these tests check does not depend on them settling."""
+    monkeypatch.setattr(lc, "SETTLE_STEPS", 300)
+
+
 @pytest.mark.parametrize(
     ("name", "side"),
     [("bmshj2018-factorized", 32), ("bmshj2018-hyperprior", 64), ("mbt2018-mean", 64)],
