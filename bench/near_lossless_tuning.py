@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from mnist_vae.compression.lossless import round_trip
 from mnist_vae.compression.near_lossless import Bins
 from mnist_vae.data import load_split, load_test_images, to_symbols
-from mnist_vae.model.likelihoods import LEVELS, MIXTURE
+from mnist_vae.model.likelihoods import LEVELS, LogisticMixture
 from mnist_vae.model.vae import ConvVAE, load_model, save_model
 from mnist_vae.training.losses import kl_to_standard_normal
 
@@ -44,19 +44,16 @@ def log_bin_mass(params: torch.Tensor, levels: torch.Tensor, bins: Bins) -> torc
     symbols = torch.from_numpy(bins.symbols(levels.numpy()).astype(np.int64))
     top = torch.from_numpy(bins.edges.astype(np.int64))[symbols]  # highest level in the bin
     low = top + 1 - torch.from_numpy(bins.widths.astype(np.int64))[symbols]
-    logits, means, log_scales = params.split(MIXTURE, dim=1)
-    inv_scale = torch.exp(-log_scales.clamp(min=-7.0))
+    log_weights, means, log_scales = LogisticMixture._parts(params)
+    inv_scale = torch.exp(-log_scales)
     unit = 2.0 / (LEVELS - 1)
     upper = ((top + 0.5) * unit - 1.0 - means) * inv_scale
     lower = ((low - 0.5) * unit - 1.0 - means) * inv_scale
     inner = torch.log((torch.sigmoid(upper) - torch.sigmoid(lower)).clamp(min=1e-12))
-    first, last = low == 0, top == LEVELS - 1
-    log_mass = torch.where(
-        first & last,
-        torch.zeros_like(upper),
-        torch.where(first, F.logsigmoid(upper), torch.where(last, F.logsigmoid(-lower), inner)),
+    log_mass = torch.where(  # a bound of 1..127 makes at least two bins: none is both ends
+        low == 0, F.logsigmoid(upper), torch.where(top == LEVELS - 1, F.logsigmoid(-lower), inner)
     )
-    return torch.logsumexp(F.log_softmax(logits, 1) + log_mass, 1).flatten(1).sum(1)
+    return torch.logsumexp(log_weights + log_mass, 1).flatten(1).sum(1)
 
 
 def fine_tune(
