@@ -42,3 +42,20 @@ def test_the_zero_split_is_the_full_table_split(name):
     zero = exact_likelihoods.zero_frequencies(name, rows)
     assert torch.equal(zero[:, 1], table[:, 0])
     assert torch.equal(zero[:, 0], table[:, 1:].sum(1))
+
+
+@pytest.mark.parametrize("name", ["beta_binomial", "logistic_mixture"])
+def test_prepared_rows_and_their_subsets_give_the_integers_of_the_rows(name):
+    """The codec prepares a pass's rows once for the three symbols of its pixels (a
+    mixture's weights and scales) and takes the rows of the pixels that are not 0 from
+    them: every table as from the rows themselves."""
+    rows = pixel_rows(_integer_params(name, n=1))
+    some = torch.arange(3, len(rows), 7)
+    groups = torch.arange(len(some)) % 16
+    prepared = exact_likelihoods.prepared(name, rows)
+    for ready, raw in ((prepared, rows), (prepared[some], rows[some])):
+        for table in ("frequencies", "zero_frequencies", "bin_frequencies"):
+            f = getattr(exact_likelihoods, table)
+            assert torch.equal(f(name, ready), f(name, raw)), table
+    f = exact_likelihoods.in_bin_frequencies
+    assert torch.equal(f(name, prepared[some], groups), f(name, rows[some], groups))

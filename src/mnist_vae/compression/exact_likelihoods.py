@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -76,36 +77,77 @@ def _inner_edges(device: torch.device | str) -> torch.Tensor:
     return (2 * numerator + (LEVELS - 1)) // (2 * (LEVELS - 1))
 
 
-def _mixture_cdf(rows: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """The logistic mixture's CDF at ``edges`` (int64 in [-1, 1] units at
-    ``2^-ACTIVATION_BITS``: ``[E]`` for every row, or ``[M, E]`` one set per row),
-    ``[M, E + 1]``, the last column the CDF at infinity (the total): the weights from the
-    exp table, each logistic's CDF from the sigmoid table; means clamped to +-8, log-scales
-    to [-7, 7] (the float likelihood's floor; a logistic wider than e^7 is flat over the
-    256 levels either way)."""
-    logits, means, log_scales = rows.split(MIXTURE, dim=1)
-    t = tables()
-    e = t["exp_neg"](logits.amax(1, keepdim=True) - logits, ACTIVATION_BITS)
-    weights = (e << WEIGHT_BITS) // e.sum(1, keepdim=True)
-    means = means.clamp(-8 << ACTIVATION_BITS, 8 << ACTIVATION_BITS)
-    log_scales = log_scales.clamp(
-        int(_MIN_LOG_SCALE) << ACTIVATION_BITS, SCALE_RANGE << ACTIVATION_BITS
-    )
-    inv_scales = t["exp"](-log_scales, ACTIVATION_BITS) >> 4  # at 2^-20
-    cdf = torch.empty(len(rows), edges.shape[-1] + 1, dtype=torch.int64, device=rows.device)
-    shift = 2 * ACTIVATION_BITS + 4 - ARGUMENT_BITS
-    for start in range(0, len(rows), CDF_ROWS):  # [rows, K, E] at a time: memory stays flat
-        part = slice(start, start + CDF_ROWS)
-        at = edges if edges.dim() == 1 else edges[part, None, :]
-        u = (at - means[part, :, None]).mul_(inv_scales[part, :, None])  # below 2^50
-        sigmoid = t["sigmoid"](u.bitwise_right_shift_(shift), ARGUMENT_BITS)
-        cdf[part, :-1] = sigmoid.mul_(weights[part, :, None]).sum(1)  # exact: integers
-    cdf[:, -1] = weights.sum(1) << PROBABILITY_BITS
-    return cdf
+@dataclass(frozen=True)
+class Mixture:
+    """A logistic mixture's integers, one row per pixel, ready for its CDF: the weights
+    from the exp table (out of about ``2^WEIGHT_BITS``), the means clamped to +-8 and the
+    inverse scales (the log-scales clamped to [-7, 7], the float likelihood's floor; a
+    logistic wider than e^7 is flat over the 256 levels either way) at ``2^-20``.
+
+    A pixel's symbols (whether it is 0, its bin, its place in the bin) each need the CDF
+    at other edges of the same mixture: ``prepared`` computes this once for all three.
+    Indexing takes some rows, as on the parameter rows."""
+
+    weights: torch.Tensor  # [M, K]
+    means: torch.Tensor  # [M, K], at 2^-ACTIVATION_BITS
+    inv_scales: torch.Tensor  # [M, K], at 2^-20
+
+    @classmethod
+    def of(cls, rows: torch.Tensor) -> Mixture:
+        """From the exact network's parameter rows ``[M, 3 K]``."""
+        logits, means, log_scales = rows.split(MIXTURE, dim=1)
+        t = tables()
+        e = t["exp_neg"](logits.amax(1, keepdim=True) - logits, ACTIVATION_BITS)
+        weights = (e << WEIGHT_BITS) // e.sum(1, keepdim=True)
+        means = means.clamp(-8 << ACTIVATION_BITS, 8 << ACTIVATION_BITS)
+        log_scales = log_scales.clamp(
+            int(_MIN_LOG_SCALE) << ACTIVATION_BITS, SCALE_RANGE << ACTIVATION_BITS
+        )
+        return cls(weights, means, t["exp"](-log_scales, ACTIVATION_BITS) >> 4)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __getitem__(self, index: torch.Tensor) -> Mixture:
+        return Mixture(self.weights[index], self.means[index], self.inv_scales[index])
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device
+
+    def cdf(self, edges: torch.Tensor) -> torch.Tensor:
+        """The CDF at ``edges`` (int64 in [-1, 1] units at ``2^-ACTIVATION_BITS``: ``[E]``
+        for every row, or ``[M, E]`` one set per row), ``[M, E + 1]``, the last column the
+        CDF at infinity (the total): each logistic's CDF from the sigmoid table."""
+        sigmoid = tables()["sigmoid"]
+        cdf = torch.empty(len(self), edges.shape[-1] + 1, dtype=torch.int64, device=self.device)
+        shift = 2 * ACTIVATION_BITS + 4 - ARGUMENT_BITS
+        for start in range(0, len(self), CDF_ROWS):  # [rows, K, E] at a time: memory stays flat
+            part = slice(start, start + CDF_ROWS)
+            at = edges if edges.dim() == 1 else edges[part, None, :]
+            u = (at - self.means[part, :, None]).mul_(self.inv_scales[part, :, None])  # < 2^50
+            values = sigmoid(u.bitwise_right_shift_(shift), ARGUMENT_BITS)
+            cdf[part, :-1] = values.mul_(self.weights[part, :, None]).sum(1)  # exact: integers
+        cdf[:, -1] = self.weights.sum(1) << PROBABILITY_BITS
+        return cdf
 
 
-def _logistic_mixture(rows: torch.Tensor) -> torch.Tensor:
-    cdf = _mixture_cdf(rows, _inner_edges(rows.device))
+Rows = torch.Tensor | Mixture
+"""a likelihood's parameters per pixel: the exact network's rows, or a ``prepared`` mixture"""
+
+
+def prepared(loss: str, rows: torch.Tensor) -> Rows:
+    """``rows`` with what every CDF of them shares computed once (a logistic mixture's
+    weights and scales); the rows themselves for the other likelihoods."""
+    return Mixture.of(rows) if loss == "logistic_mixture" else rows
+
+
+def _mixture(rows: Rows) -> Mixture:
+    return rows if isinstance(rows, Mixture) else Mixture.of(rows)
+
+
+def _logistic_mixture(rows: Rows) -> torch.Tensor:
+    cdf = _mixture(rows).cdf(_inner_edges(rows.device))
     return torch.diff(cdf, dim=1, prepend=torch.zeros_like(cdf[:, :1]))
 
 
@@ -113,26 +155,27 @@ LOSSLESS_EDGES = np.arange(LEVELS, dtype=np.int64)
 """Symbol edges (``cdf_at``) when each grey level is its own symbol"""
 
 
-def cdf_at(loss: str, rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """The CDF of each pixel row at grey-level edges ``at`` (``[E]`` for every row, or
-    ``[M, E]`` one set per row), ``[M, E]``: edge ``i`` lies between levels ``i`` and
-    ``i + 1``, so its CDF is the mass of levels ``0..i``; edge 255 is the total. The logistic
-    mixture evaluates its CDF at those edges only; the others sum their full table."""
+def cdf_at(loss: str, rows: Rows, at: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The CDF of each pixel row at grey-level edges ``at`` (NumPy ``[E]``, the same for
+    every row, or a tensor ``[M, E]``, one set per row), ``[M, E]``: edge ``i`` lies between
+    levels ``i`` and ``i + 1``, so its CDF is the mass of levels ``0..i``; edge 255 is the
+    total. The logistic mixture evaluates its CDF at those edges only; the others sum their
+    full table."""
     top = LEVELS - 1
+    shared = isinstance(at, np.ndarray)
     if loss == "logistic_mixture":
         inner = _inner_edges(rows.device)
-        if at.dim() == 1 and at[-1] == top and bool((at[:-1] < top).all()):
-            return _mixture_cdf(rows, inner[at[:-1]])  # its last column is the total
-        cdf = _mixture_cdf(rows, inner[at.clamp(max=top - 1)])
+        if shared and at[-1] == top and (at[:-1] < top).all():  # checked in NumPy: per pass
+            return _mixture(rows).cdf(inner[_on(rows, at[:-1])])  # its last column: the total
+        at = _on(rows, at) if shared else at
+        cdf = _mixture(rows).cdf(inner[at.clamp(max=top - 1)])
         return torch.where(at < top, cdf[:, :-1], cdf[:, -1:])
     cumulative = frequencies(loss, rows).cumsum(1)
-    index = at.expand(len(rows), -1) if at.dim() == 1 else at
+    index = _on(rows, at).expand(len(rows), -1) if shared else at
     return cumulative.gather(1, index)
 
 
-def zero_frequencies(
-    loss: str, rows: torch.Tensor, edges: np.ndarray = LOSSLESS_EDGES
-) -> torch.Tensor:
+def zero_frequencies(loss: str, rows: Rows, edges: np.ndarray = LOSSLESS_EDGES) -> torch.Tensor:
     """Integer probabilities of (not symbol 0, symbol 0) per pixel row, ``[M, 2]``: most MNIST
     pixels are 0, so the coder sends that first and needs more only for the others.
 
@@ -140,25 +183,23 @@ def zero_frequencies(
     above edge ``edges[s - 1]`` up to edge ``edges[s]`` (``cdf_at``'s edges; the last is
     255). Lossless, ``LOSSLESS_EDGES``: each level is its own symbol; near-lossless
     (``near_lossless.Bins``), a bin of levels."""
-    cdf = cdf_at(loss, rows, _on(rows, edges[[0, -1]]))
+    cdf = cdf_at(loss, rows, edges[[0, -1]])
     return torch.stack([cdf[:, 1] - cdf[:, 0], cdf[:, 0]], dim=1)
 
 
-def bin_frequencies(
-    loss: str, rows: torch.Tensor, edges: np.ndarray = LOSSLESS_EDGES
-) -> torch.Tensor:
+def bin_frequencies(loss: str, rows: Rows, edges: np.ndarray = LOSSLESS_EDGES) -> torch.Tensor:
     """Integer probabilities of the bins of 16 symbols of a pixel that is not symbol 0,
     ``[M, bins]``: bin ``c`` holds the symbols ``16 c + 1 .. 16 c + 16`` (lossless: 16 bins,
     the last one the values 241..255). A symbol is coded as its bin, then its place in the
     bin (``in_bin_frequencies``): the same probability, at 32 CDF values per pixel instead
     of 255."""
     below = edges[: len(edges) - 1 : BIN]  # the edge below each bin's first symbol
-    cdf = cdf_at(loss, rows, _on(rows, np.concatenate([below, edges[-1:]])))
+    cdf = cdf_at(loss, rows, np.concatenate([below, edges[-1:]]))
     return torch.diff(cdf, dim=1)
 
 
 def in_bin_frequencies(
-    loss: str, rows: torch.Tensor, bins: torch.Tensor, edges: np.ndarray = LOSSLESS_EDGES
+    loss: str, rows: Rows, bins: torch.Tensor, edges: np.ndarray = LOSSLESS_EDGES
 ) -> torch.Tensor:
     """Integer probabilities of the 16 symbols of each row's bin ``bins`` (``[M]``),
     ``[M, 16]`` (0 for the places past the last symbol)."""
@@ -167,7 +208,7 @@ def in_bin_frequencies(
     return torch.diff(cdf_at(loss, rows, at), dim=1)
 
 
-def _on(rows: torch.Tensor, edges: np.ndarray) -> torch.Tensor:
+def _on(rows: Rows, edges: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(edges)).to(rows.device)
 
 

@@ -276,7 +276,7 @@ class BitsBackCodec:
 
         return self.head.run_passes(decoded.flatten(2), step, ONE).numpy().reshape(shape)
 
-    def _zero_frequencies(self, rows: torch.Tensor, bins: Bins) -> np.ndarray:
+    def _zero_frequencies(self, rows: exact_likelihoods.Rows, bins: Bins) -> np.ndarray:
         """Frequencies of (not bin 0, bin 0) for each pixel: the first symbol of an 8-bit
         pixel. Here and below every frequency is at least 1 (out of about 2^46): a value
         the model rules out entirely still codes, and a row is never all zeros."""
@@ -287,13 +287,13 @@ class BitsBackCodec:
         """Frequencies of both values of a binary pixel."""
         return _floats(exact_likelihoods.frequencies(self.loss, rows).clamp_(min=1))
 
-    def _group_frequencies(self, rows: torch.Tensor, bins: Bins) -> np.ndarray:
+    def _group_frequencies(self, rows: exact_likelihoods.Rows, bins: Bins) -> np.ndarray:
         """Frequencies of the groups of 16 bins of a pixel not in bin 0 (its second symbol;
         lossless, each bin one level: the groups are 1..16, 17..32, ..., 241..255)."""
         table = exact_likelihoods.bin_frequencies(self.loss, rows, bins.edges)
         return _floats(table.clamp_(min=1))
 
-    def _in_group_frequencies(self, rows: torch.Tensor, groups: np.ndarray, bins: Bins):
+    def _in_group_frequencies(self, rows: exact_likelihoods.Rows, groups: np.ndarray, bins: Bins):
         """Frequencies of the 16 bins in each pixel's group (its third symbol)."""
         groups = torch.from_numpy(groups.astype(np.int64))
         table = exact_likelihoods.in_bin_frequencies(self.loss, rows, groups, bins.edges)
@@ -314,6 +314,7 @@ class BitsBackCodec:
                 )
             return
         nonzero = flat != 0
+        rows = exact_likelihoods.prepared(self.loss, rows)  # shared by the three symbols
         zero_table = self._zero_frequencies(rows, bins)
         value = flat[nonzero] - 1
         groups, places = value // BIN, value % BIN
@@ -336,6 +337,7 @@ class BitsBackCodec:
         """The bins of a pass's pixels, ``int32``: the inverse of ``_push_positions``."""
         if not self.split_zero:
             return coder.decode(self.categorical, self._value_frequencies(rows))
+        rows = exact_likelihoods.prepared(self.loss, rows)  # shared by the three symbols
         flags = coder.decode(self.categorical, self._zero_frequencies(rows, bins))
         values = np.zeros(len(rows), dtype=np.int32)
         nonzero = flags == 0
