@@ -21,11 +21,11 @@ def test_every_file_decodes_exactly_under_every_setting(mnist_mirror, tmp_path):
     one core, native kernels (AVX-512 where the CPU has it), scalar ATen kernels, oneDNN
     capped at SSE4.1. Lossless: every pixel back; near-lossless: every pixel its bin's
     centre. Lossy: the codes back (or the file would be refused), the picture where it was
-    written to within one grey level in one pixel of ten thousand, or one pixel at all (the
-    float decoder's rounding; measured: 3 of 392,000 pixels of 500 digits, under oneDNN at
-    SSE4.1 only). Seven digits: coding groups of 1, 2 and 4 images, 3 x 784 steps a file
-    (each step costs nearly the same for 1 image as for 40, so more digits cost time, not
-    cases)."""
+    written to within one grey level in one pixel of ten thousand, or in one pixel where
+    there are fewer (the float decoder's rounding; measured: 3 of 392,000 pixels of 500
+    digits, under oneDNN at SSE4.1 only). Seven digits: coding groups of 1, 2 and 4
+    images, 3 x 784 steps a file (each step costs nearly the same for 1 image as for 40, so
+    more digits cost time, not cases)."""
     raw = gzip.decompress((mnist_mirror / "t10k-images-idx3-ubyte.gz").read_bytes())
     digits = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:7]
     folder = tmp_path / "model"
