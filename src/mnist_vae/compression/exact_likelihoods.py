@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..model.likelihoods import _MIN_CONCENTRATION, _MIN_LOG_SCALE, LEVELS, MIXTURE
+from . import kernels
 from .fixed_point import (
     ACTIVATION_BITS,
     PROBABILITY_BITS,
@@ -31,7 +32,6 @@ from .fixed_point import (
 
 ARGUMENT_BITS = 20  # the tables' arguments are at 2^-20
 WEIGHT_BITS = 16  # a mixture's weights are integers out of about 2^16
-CDF_ROWS = 1024  # the mixture's CDF is computed for this many pixels at a time
 BIN = 16  # the values 1..255 of a non-zero pixel are coded as 16 bins of 16, then the value
 
 
@@ -69,10 +69,10 @@ def _beta_binomial(rows: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _inner_edges(device: torch.device | str) -> torch.Tensor:
+def _inner_edges() -> np.ndarray:
     """The 255 inner bin edges ``(2k + 1) / 255 - 1`` in [-1, 1] units, rounded to
     ``2^-ACTIVATION_BITS`` in integer arithmetic."""
-    k = torch.arange(LEVELS - 1, dtype=torch.int64, device=device)
+    k = np.arange(LEVELS - 1, dtype=np.int64)
     numerator = (2 * k + 1 - (LEVELS - 1)) << ACTIVATION_BITS
     return (2 * numerator + (LEVELS - 1)) // (2 * (LEVELS - 1))
 
@@ -86,50 +86,49 @@ class Mixture:
 
     A pixel's symbols (whether it is 0, its bin, its place in the bin) each need the CDF
     at other edges of the same mixture: ``prepared`` computes this once for all three.
-    Indexing takes some rows, as on the parameter rows."""
+    Indexing takes some rows, as on the parameter rows. Both are one ``kernels`` call."""
 
-    weights: torch.Tensor  # [M, K]
-    means: torch.Tensor  # [M, K], at 2^-ACTIVATION_BITS
-    inv_scales: torch.Tensor  # [M, K], at 2^-20
+    weights: np.ndarray  # [M, K] int64
+    means: np.ndarray  # [M, K], at 2^-ACTIVATION_BITS
+    inv_scales: np.ndarray  # [M, K], at 2^-20
+
+    device = torch.device("cpu")
 
     @classmethod
     def of(cls, rows: torch.Tensor) -> Mixture:
-        """From the exact network's parameter rows ``[M, 3 K]``."""
-        logits, means, log_scales = rows.split(MIXTURE, dim=1)
+        """From the exact network's parameter rows ``[M, 3 K]`` (``kernels.mixture``)."""
         t = tables()
-        e = t["exp_neg"](logits.amax(1, keepdim=True) - logits, ACTIVATION_BITS)
-        weights = (e << WEIGHT_BITS) // e.sum(1, keepdim=True)
-        means = means.clamp(-8 << ACTIVATION_BITS, 8 << ACTIVATION_BITS)
-        log_scales = log_scales.clamp(
-            int(_MIN_LOG_SCALE) << ACTIVATION_BITS, SCALE_RANGE << ACTIVATION_BITS
-        )
-        return cls(weights, means, t["exp"](-log_scales, ACTIVATION_BITS) >> 4)
+        return cls(*kernels.mixture(
+            np.ascontiguousarray(rows.numpy()),
+            MIXTURE,
+            kernels.table_arguments(t["exp_neg"], ACTIVATION_BITS),
+            kernels.table_arguments(t["exp"], ACTIVATION_BITS),
+            WEIGHT_BITS,
+            8 << ACTIVATION_BITS,
+            (int(_MIN_LOG_SCALE) << ACTIVATION_BITS, SCALE_RANGE << ACTIVATION_BITS),
+        ))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.weights)
 
-    def __getitem__(self, index: torch.Tensor) -> Mixture:
+    def __getitem__(self, index: torch.Tensor | np.ndarray) -> Mixture:
+        index = np.asarray(index)
         return Mixture(self.weights[index], self.means[index], self.inv_scales[index])
 
-    @property
-    def device(self) -> torch.device:
-        return self.weights.device
-
-    def cdf(self, edges: torch.Tensor) -> torch.Tensor:
-        """The CDF at ``edges`` (int64 in [-1, 1] units at ``2^-ACTIVATION_BITS``: ``[E]``
-        for every row, or ``[M, E]`` one set per row), ``[M, E + 1]``, the last column the
-        CDF at infinity (the total): each logistic's CDF from the sigmoid table."""
-        sigmoid = tables()["sigmoid"]
-        cdf = torch.empty(len(self), edges.shape[-1] + 1, dtype=torch.int64, device=self.device)
-        shift = 2 * ACTIVATION_BITS + 4 - ARGUMENT_BITS
-        for start in range(0, len(self), CDF_ROWS):  # [rows, K, E] at a time: memory stays flat
-            part = slice(start, start + CDF_ROWS)
-            at = edges if edges.dim() == 1 else edges[part, None, :]
-            u = (at - self.means[part, :, None]).mul_(self.inv_scales[part, :, None])  # < 2^50
-            values = sigmoid(u.bitwise_right_shift_(shift), ARGUMENT_BITS)
-            cdf[part, :-1] = values.mul_(self.weights[part, :, None]).sum(1)  # exact: integers
-        cdf[:, -1] = self.weights.sum(1) << PROBABILITY_BITS
-        return cdf
+    def cdf(self, levels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The CDF at grey-level edges ``levels`` (``cdf_at``'s), ``[M, E]``: each
+        logistic's CDF at the inner edge of each level from the sigmoid table, weighted;
+        the total at edge 255 (``kernels.mixture_cdf``)."""
+        levels = np.asarray(levels, dtype=np.int64)
+        cdf = kernels.mixture_cdf(
+            self.weights, self.means, self.inv_scales,
+            np.ascontiguousarray(levels.reshape(-1, levels.shape[-1])),
+            _inner_edges(),
+            kernels.table_arguments(tables()["sigmoid"], ARGUMENT_BITS),
+            2 * ACTIVATION_BITS + 4 - ARGUMENT_BITS,  # (edge - mean) / scale at 2^-20
+            PROBABILITY_BITS,
+        )  # fmt: skip
+        return torch.from_numpy(cdf)
 
 
 Rows = torch.Tensor | Mixture
@@ -147,7 +146,7 @@ def _mixture(rows: Rows) -> Mixture:
 
 
 def _logistic_mixture(rows: Rows) -> torch.Tensor:
-    cdf = _mixture(rows).cdf(_inner_edges(rows.device))
+    cdf = _mixture(rows).cdf(LOSSLESS_EDGES)
     return torch.diff(cdf, dim=1, prepend=torch.zeros_like(cdf[:, :1]))
 
 
@@ -161,17 +160,10 @@ def cdf_at(loss: str, rows: Rows, at: np.ndarray | torch.Tensor) -> torch.Tensor
     levels ``i`` and ``i + 1``, so its CDF is the mass of levels ``0..i``; edge 255 is the
     total. The logistic mixture evaluates its CDF at those edges only; the others sum their
     full table."""
-    top = LEVELS - 1
-    shared = isinstance(at, np.ndarray)
     if loss == "logistic_mixture":
-        inner = _inner_edges(rows.device)
-        if shared and at[-1] == top and (at[:-1] < top).all():  # checked in NumPy: per pass
-            return _mixture(rows).cdf(inner[_on(rows, at[:-1])])  # its last column: the total
-        at = _on(rows, at) if shared else at
-        cdf = _mixture(rows).cdf(inner[at.clamp(max=top - 1)])
-        return torch.where(at < top, cdf[:, :-1], cdf[:, -1:])
+        return _mixture(rows).cdf(at)
     cumulative = frequencies(loss, rows).cumsum(1)
-    index = _on(rows, at).expand(len(rows), -1) if shared else at
+    index = _on(rows, at).expand(len(rows), -1) if isinstance(at, np.ndarray) else at
     return cumulative.gather(1, index)
 
 
