@@ -25,8 +25,16 @@ def pytest_configure(config: pytest.Config) -> None:
     so each takes its share of the threads: for its own tensors, and through
     ``OMP_NUM_THREADS`` for the processes its tests start (two threads per worker on two
     cores cost twice the CPU for the same work). Outputs do not depend on it: the kernels
-    are pinned (docs/reproducibility.md). Nothing where the environment sets the count."""
+    are pinned (docs/reproducibility.md). Nothing where the environment sets the count.
+
+    And every process waits for OpenMP work asleep (``OMP_WAIT_POLICY=PASSIVE``), not
+    spinning: side by side on shared cores, spinning threads take the cores the other
+    processes need (two trainings at once: 1.7 to 2 times the time per step,
+    ``bench/parallel_training.py``; the same bits). Set here in the controller too, before
+    it starts the workers, so that they load OpenMP with it."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 or config.getoption("numprocesses", None) not in (None, 0):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         share = max(1, (os.cpu_count() or 1) // workers)
         os.environ["OMP_NUM_THREADS"] = str(share)
