@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     And every process waits for OpenMP work asleep (``OMP_WAIT_POLICY=PASSIVE``), not
     spinning: side by side on shared cores, spinning threads take the cores the other
-    processes need (two trainings at once: 1.7 to 2 times the time per step,
+    processes need (two trainings at once: 1.5 to 1.9 times the time per step,
     ``bench/parallel_training.py``; the same bits). Set here in the controller too, before
     it starts the workers, so that they load OpenMP with it."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
