@@ -48,6 +48,7 @@ def worker(steps: int, warmup: int) -> None:
     from mnist_vae.invariant import pinned_arithmetic
     from mnist_vae.model.vae import config_from_params
     from mnist_vae.params import load_params
+    from mnist_vae.reproducibility import digests
     from mnist_vae.training.loop import seeded_model, train_epoch
 
     params = load_params()
@@ -66,11 +67,9 @@ def worker(steps: int, warmup: int) -> None:
         start = time.perf_counter()
         train(images[batch * warmup :])
         seconds = time.perf_counter() - start
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.numpy().tobytes())
+    weights = hashlib.sha256("".join(digests(model).values()).encode()).hexdigest()
     print(json.dumps({"step": seconds / steps, "threads": torch.get_num_threads(),
-                      "weights": digest.hexdigest()[:12]}))  # fmt: skip
+                      "weights": weights[:12]}))  # fmt: skip
 
 
 def run(setting: str, steps: int, warmup: int) -> list[dict]:
