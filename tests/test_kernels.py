@@ -72,12 +72,19 @@ ROWS = st.integers(1, 6).flatmap(
 @settings(max_examples=60, deadline=None)
 @given(rows=ROWS, data=st.data())
 def test_the_mixture_kernels_give_the_tensor_arithmetic_integers(rows, data):
-    """Any parameters (beyond every clamp too), edges shared by every row or one set per
-    row: the same integers."""
-    per_row = data.draw(st.booleans())
-    shape = (len(rows) if per_row else 1, data.draw(st.integers(1, 20)))
-    levels = data.draw(arrays(np.int64, shape, elements=st.integers(0, LEVELS - 1)))
+    """Any parameters (beyond every clamp too), any levels (below level 0 and past the
+    last edge too), any rows, read from any start: the differences of the same CDF."""
+    levels = data.draw(
+        arrays(np.int64, data.draw(st.integers(1, 20)), elements=st.integers(-1, LEVELS - 1))
+    )
+    index = data.draw(
+        arrays(np.int64, data.draw(st.integers(0, 8)), elements=st.integers(0, len(rows) - 1))
+    )
+    starts = data.draw(arrays(np.int64, len(index), elements=st.integers(0, len(levels) - 1)))
+    count = data.draw(st.integers(2, len(levels) + 3))
     mixture = exact_likelihoods.Mixture.of(torch.from_numpy(rows))
-    got = mixture.cdf(levels if per_row else levels[0])
-    expected = _reference_cdf(torch.from_numpy(rows), torch.from_numpy(levels))
-    assert torch.equal(got, expected)
+    got = mixture.frequencies(levels, starts, count, index)
+    read = torch.from_numpy(levels[np.minimum(starts[:, None] + np.arange(count), len(levels) - 1)])
+    cdf = _reference_cdf(torch.from_numpy(rows[index]), read.clamp(min=0))
+    expected = torch.diff(torch.where(read < 0, 0, cdf), dim=1)
+    assert got.shape == (len(index), count - 1) and torch.equal(got, expected)

@@ -97,16 +97,7 @@ class Mixture:
     @classmethod
     def of(cls, rows: torch.Tensor) -> Mixture:
         """From the exact network's parameter rows ``[M, 3 K]`` (``kernels.mixture``)."""
-        t = tables()
-        return cls(*kernels.mixture(
-            np.ascontiguousarray(rows.numpy()),
-            MIXTURE,
-            kernels.table_arguments(t["exp_neg"], ACTIVATION_BITS),
-            kernels.table_arguments(t["exp"], ACTIVATION_BITS),
-            WEIGHT_BITS,
-            8 << ACTIVATION_BITS,
-            (int(_MIN_LOG_SCALE) << ACTIVATION_BITS, SCALE_RANGE << ACTIVATION_BITS),
-        ))  # fmt: skip
+        return cls(*kernels.mixture(np.ascontiguousarray(rows.numpy()), *_mixture_arguments()))
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -115,20 +106,47 @@ class Mixture:
         index = np.asarray(index)
         return Mixture(self.weights[index], self.means[index], self.inv_scales[index])
 
-    def cdf(self, levels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The CDF at grey-level edges ``levels`` (``cdf_at``'s), ``[M, E]``: each
-        logistic's CDF at the inner edge of each level from the sigmoid table, weighted;
-        the total at edge 255 (``kernels.mixture_cdf``)."""
-        levels = np.asarray(levels, dtype=np.int64)
-        cdf = kernels.mixture_cdf(
-            self.weights, self.means, self.inv_scales,
-            np.ascontiguousarray(levels.reshape(-1, levels.shape[-1])),
-            _inner_edges(),
-            kernels.table_arguments(tables()["sigmoid"], ARGUMENT_BITS),
-            2 * ACTIVATION_BITS + 4 - ARGUMENT_BITS,  # (edge - mean) / scale at 2^-20
-            PROBABILITY_BITS,
-        )  # fmt: skip
-        return torch.from_numpy(cdf)
+    def frequencies(
+        self, levels: np.ndarray, starts: np.ndarray, count: int, index: np.ndarray
+    ) -> torch.Tensor:
+        """``symbol_frequencies`` of rows ``index``, in one ``kernels.mixture_frequencies``
+        call: each logistic's CDF at the inner edge of each level from the sigmoid table,
+        weighted; the total at edge 255."""
+        table = kernels.mixture_frequencies(
+            *self._arrays, index, levels, starts, count, *_cdf_arguments()
+        )
+        return torch.from_numpy(table)
+
+    @property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.weights, self.means, self.inv_scales
+
+
+@functools.cache
+def _mixture_arguments() -> tuple:
+    """``kernels.mixture``'s arguments after the rows: the components, the tables, the
+    weights' bits, the means' and log-scales' clamps."""
+    t = tables()
+    return (
+        MIXTURE,
+        kernels.table_arguments(t["exp_neg"], ACTIVATION_BITS),
+        kernels.table_arguments(t["exp"], ACTIVATION_BITS),
+        WEIGHT_BITS,
+        8 << ACTIVATION_BITS,
+        (int(_MIN_LOG_SCALE) << ACTIVATION_BITS, SCALE_RANGE << ACTIVATION_BITS),
+    )
+
+
+@functools.cache
+def _cdf_arguments() -> tuple:
+    """The kernels' arguments after a mixture's arrays and levels: the inner edges, the
+    sigmoid table, the shifts."""
+    return (
+        _inner_edges(),
+        kernels.table_arguments(tables()["sigmoid"], ARGUMENT_BITS),
+        2 * ACTIVATION_BITS + 4 - ARGUMENT_BITS,  # (edge - mean) / scale at 2^-20
+        PROBABILITY_BITS,
+    )
 
 
 Rows = torch.Tensor | Mixture
@@ -146,58 +164,83 @@ def _mixture(rows: Rows) -> Mixture:
 
 
 def _logistic_mixture(rows: Rows) -> torch.Tensor:
-    cdf = _mixture(rows).cdf(LOSSLESS_EDGES)
-    return torch.diff(cdf, dim=1, prepend=torch.zeros_like(cdf[:, :1]))
+    return symbol_frequencies("logistic_mixture", rows, np.concatenate([[BELOW], LOSSLESS_EDGES]))
 
 
 LOSSLESS_EDGES = np.arange(LEVELS, dtype=np.int64)
-"""Symbol edges (``cdf_at``) when each grey level is its own symbol"""
+"""Symbol edges (``symbol_frequencies``) when each grey level is its own symbol"""
 
 
-def cdf_at(loss: str, rows: Rows, at: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """The CDF of each pixel row at grey-level edges ``at`` (NumPy ``[E]``, the same for
-    every row, or a tensor ``[M, E]``, one set per row), ``[M, E]``: edge ``i`` lies between
-    levels ``i`` and ``i + 1``, so its CDF is the mass of levels ``0..i``; edge 255 is the
-    total. The logistic mixture evaluates its CDF at those edges only; the others sum their
-    full table."""
+BELOW = -1
+"""a level below level 0: the CDF there is 0"""
+
+
+def symbol_frequencies(
+    loss: str,
+    rows: Rows,
+    levels: np.ndarray,
+    starts: np.ndarray | None = None,
+    count: int | None = None,
+    index: np.ndarray | None = None,
+) -> torch.Tensor:
+    """The integer probability of the grey levels between neighbouring edges of
+    ``levels``, ``[M, count - 1]``. Edge ``l`` lies between levels ``l`` and ``l + 1``
+    (so the CDF there is the mass of levels ``0..l``; edge 255 is the total, ``BELOW``
+    none of it). Row ``i`` reads ``count`` edges from ``levels[starts[i]]`` (from the
+    first, and all of them, by default; the last repeated past the end). ``index`` takes
+    those rows only. The logistic mixture evaluates its CDF at those edges only; the others
+    sum their full table."""
+    levels = np.asarray(levels, dtype=np.int64)
+    count = len(levels) if count is None else count
+    m = len(rows) if index is None else len(index)
+    starts = np.zeros(m, np.int64) if starts is None else np.asarray(starts, np.int64)
     if loss == "logistic_mixture":
-        return _mixture(rows).cdf(at)
-    cumulative = frequencies(loss, rows).cumsum(1)
-    index = _on(rows, at).expand(len(rows), -1) if isinstance(at, np.ndarray) else at
-    return cumulative.gather(1, index)
+        everything = np.arange(len(rows)) if index is None else np.asarray(index, np.int64)
+        return _mixture(rows).frequencies(levels, starts, count, everything)
+    some = rows if index is None else rows[torch.as_tensor(index)]
+    position = np.minimum(starts[:, None] + np.arange(count), len(levels) - 1)
+    cumulative = frequencies(loss, some).cumsum(1)
+    cumulative = torch.cat([torch.zeros_like(cumulative[:, :1]), cumulative], 1)
+    return torch.diff(cumulative.gather(1, _on(some, levels[position] + 1)), dim=1)
 
 
-def zero_frequencies(loss: str, rows: Rows, edges: np.ndarray = LOSSLESS_EDGES) -> torch.Tensor:
+def zero_frequencies(
+    loss: str, rows: Rows, edges: np.ndarray = LOSSLESS_EDGES, index: np.ndarray | None = None
+) -> torch.Tensor:
     """Integer probabilities of (not symbol 0, symbol 0) per pixel row, ``[M, 2]``: most MNIST
     pixels are 0, so the coder sends that first and needs more only for the others.
 
     A pixel is coded as one of ``len(edges)`` symbols, symbol ``s`` holding the grey levels
-    above edge ``edges[s - 1]`` up to edge ``edges[s]`` (``cdf_at``'s edges; the last is
-    255). Lossless, ``LOSSLESS_EDGES``: each level is its own symbol; near-lossless
-    (``near_lossless.Bins``), a bin of levels."""
-    cdf = cdf_at(loss, rows, edges[[0, -1]])
-    return torch.stack([cdf[:, 1] - cdf[:, 0], cdf[:, 0]], dim=1)
+    above edge ``edges[s - 1]`` up to edge ``edges[s]`` (``symbol_frequencies``' edges;
+    the last is 255). Lossless, ``LOSSLESS_EDGES``: each level is its own symbol; near-lossless
+    (``near_lossless.Bins``), a bin of levels. ``index``: those rows only."""
+    levels = np.array([BELOW, edges[0], edges[-1]])
+    return symbol_frequencies(loss, rows, levels, index=index).flip(1)
 
 
-def bin_frequencies(loss: str, rows: Rows, edges: np.ndarray = LOSSLESS_EDGES) -> torch.Tensor:
+def bin_frequencies(
+    loss: str, rows: Rows, edges: np.ndarray = LOSSLESS_EDGES, index: np.ndarray | None = None
+) -> torch.Tensor:
     """Integer probabilities of the bins of 16 symbols of a pixel that is not symbol 0,
     ``[M, bins]``: bin ``c`` holds the symbols ``16 c + 1 .. 16 c + 16`` (lossless: 16 bins,
     the last one the values 241..255). A symbol is coded as its bin, then its place in the
     bin (``in_bin_frequencies``): the same probability, at 32 CDF values per pixel instead
     of 255."""
     below = edges[: len(edges) - 1 : BIN]  # the edge below each bin's first symbol
-    cdf = cdf_at(loss, rows, np.concatenate([below, edges[-1:]]))
-    return torch.diff(cdf, dim=1)
+    return symbol_frequencies(loss, rows, np.concatenate([below, edges[-1:]]), index=index)
 
 
 def in_bin_frequencies(
-    loss: str, rows: Rows, bins: torch.Tensor, edges: np.ndarray = LOSSLESS_EDGES
+    loss: str,
+    rows: Rows,
+    bins: torch.Tensor | np.ndarray,
+    edges: np.ndarray = LOSSLESS_EDGES,
+    index: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Integer probabilities of the 16 symbols of each row's bin ``bins`` (``[M]``),
     ``[M, 16]`` (0 for the places past the last symbol)."""
-    position = BIN * bins.to(rows.device)[:, None] + torch.arange(BIN + 1, device=rows.device)
-    at = _on(rows, edges)[position.clamp(max=len(edges) - 1)]
-    return torch.diff(cdf_at(loss, rows, at), dim=1)
+    starts = BIN * np.asarray(bins, dtype=np.int64)
+    return symbol_frequencies(loss, rows, edges, starts, BIN + 1, index)
 
 
 def _on(rows: Rows, edges: np.ndarray) -> torch.Tensor:

@@ -63,27 +63,48 @@ def mixture(rows, components, exp_neg, exp, weight_bits, mean_limit, log_scale_r
 
 
 @numba.njit(cache=True, nogil=True)
-def mixture_cdf(weights, means, inv_scales, levels, edges, sigmoid, product_shift, total_shift):
-    """The CDF of each mixture row at grey-level edges ``levels`` (``[1, E]`` for every
-    row, or ``[M, E]`` one set per row; level ``i`` at ``edges[i]``, the edge between
-    levels ``i`` and ``i + 1``; a level past the last edge is the total), ``[M, E]``:
-    ``Mixture.cdf``'s integers. ``sigmoid`` is ``table_arguments`` of the sigmoid table
-    at the scale of ``(edge - mean) * inv_scale >> product_shift``."""
-    m, k = weights.shape
-    shared = len(levels) == 1
-    cdf = np.empty((m, levels.shape[1]), np.int64)
-    for r in range(m):
-        row = levels[0] if shared else levels[r]
-        for j in range(len(row)):
+def mixture_frequencies(
+    weights,
+    means,
+    inv_scales,
+    rows,
+    levels,
+    starts,
+    count,
+    edges,
+    sigmoid,
+    product_shift,
+    total_shift,
+):  # pragma: no cover - compiled
+    """The mixture's integer probability between neighbouring grey-level edges,
+    ``[len(rows), count - 1]``, of mixture rows ``rows``: output row ``i`` reads the
+    ``count`` levels from ``levels[starts[i]]`` (the last level repeated past the end).
+    The CDF at level ``l`` is each logistic's at ``edges[l]`` (the edge between levels
+    ``l`` and ``l + 1``) from the sigmoid table, weighted; 0 below level 0, the total at
+    and past the last edge. ``sigmoid`` is ``table_arguments`` of the sigmoid table at
+    the scale of ``(edge - mean) * inv_scale >> product_shift``.
+
+    A symbol's table in one call: no CDF array, no difference, no copies of rows (the
+    CDF is written out here, not in a helper: numba ran that ten times slower)."""
+    k = weights.shape[1]
+    out = np.empty((len(rows), count - 1), np.int64)
+    last = len(levels) - 1
+    for i in range(len(rows)):
+        r = rows[i]
+        below = 0
+        for j in range(count):
+            level = levels[min(starts[i] + j, last)]
             acc = 0
-            if row[j] >= len(edges):
+            if level >= len(edges):
                 for c in range(k):
                     acc += weights[r, c]
-                cdf[r, j] = acc << total_shift
-                continue
-            edge = edges[row[j]]
-            for c in range(k):
-                u = ((edge - means[r, c]) * inv_scales[r, c]) >> product_shift
-                acc += _lookup(*sigmoid, u) * weights[r, c]
-            cdf[r, j] = acc
-    return cdf
+                acc <<= total_shift
+            elif level >= 0:
+                edge = edges[level]
+                for c in range(k):
+                    u = ((edge - means[r, c]) * inv_scales[r, c]) >> product_shift
+                    acc += _lookup(*sigmoid, u) * weights[r, c]
+            if j:
+                out[i, j - 1] = acc - below
+            below = acc
+    return out

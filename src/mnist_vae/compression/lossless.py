@@ -287,16 +287,20 @@ class BitsBackCodec:
         """Frequencies of both values of a binary pixel."""
         return _floats(exact_likelihoods.frequencies(self.loss, rows).clamp_(min=1))
 
-    def _group_frequencies(self, rows: exact_likelihoods.Rows, bins: Bins) -> np.ndarray:
-        """Frequencies of the groups of 16 bins of a pixel not in bin 0 (its second symbol;
-        lossless, each bin one level: the groups are 1..16, 17..32, ..., 241..255)."""
-        table = exact_likelihoods.bin_frequencies(self.loss, rows, bins.edges)
+    def _group_frequencies(
+        self, rows: exact_likelihoods.Rows, index: np.ndarray, bins: Bins
+    ) -> np.ndarray:
+        """Frequencies of the groups of 16 bins of the pixels ``index``, not in bin 0 (their
+        second symbol; lossless, each bin one level: the groups are 1..16, 17..32, ...,
+        241..255)."""
+        table = exact_likelihoods.bin_frequencies(self.loss, rows, bins.edges, index)
         return _floats(table.clamp_(min=1))
 
-    def _in_group_frequencies(self, rows: exact_likelihoods.Rows, groups: np.ndarray, bins: Bins):
-        """Frequencies of the 16 bins in each pixel's group (its third symbol)."""
-        groups = torch.from_numpy(groups.astype(np.int64))
-        table = exact_likelihoods.in_bin_frequencies(self.loss, rows, groups, bins.edges)
+    def _in_group_frequencies(
+        self, rows: exact_likelihoods.Rows, index: np.ndarray, groups: np.ndarray, bins: Bins
+    ) -> np.ndarray:
+        """Frequencies of the 16 bins in each pixel's group (their third symbol)."""
+        table = exact_likelihoods.in_bin_frequencies(self.loss, rows, groups, bins.edges, index)
         return _floats(table.clamp_(min=1))
 
     def _push_positions(self, coder, values: np.ndarray, rows: torch.Tensor, bins: Bins) -> None:
@@ -318,10 +322,10 @@ class BitsBackCodec:
         zero_table = self._zero_frequencies(rows, bins)
         value = flat[nonzero] - 1
         groups, places = value // BIN, value % BIN
-        nonzero_rows = rows[torch.from_numpy(np.flatnonzero(nonzero))]
+        index = np.flatnonzero(nonzero)
         several = _groups(bins) > 1  # else (k >= 8) every bin is in group 0: nothing to send
-        group_table = self._group_frequencies(nonzero_rows, bins) if several else None
-        place_table = self._in_group_frequencies(nonzero_rows, groups, bins)
+        group_table = self._group_frequencies(rows, index, bins) if several else None
+        place_table = self._in_group_frequencies(rows, index, groups, bins)
         ends = np.cumsum(nonzero.reshape(k, n).sum(1))  # nonzero pixels up to each pass's end
         for p in reversed(range(k)):
             at = slice(p * n, (p + 1) * n)
@@ -341,15 +345,16 @@ class BitsBackCodec:
         flags = coder.decode(self.categorical, self._zero_frequencies(rows, bins))
         values = np.zeros(len(rows), dtype=np.int32)
         nonzero = flags == 0
-        index = torch.from_numpy(np.flatnonzero(nonzero))
+        index = np.flatnonzero(nonzero)
         if len(index):
-            some = rows[index]
             groups = (
-                coder.decode(self.categorical, self._group_frequencies(some, bins))
+                coder.decode(self.categorical, self._group_frequencies(rows, index, bins))
                 if _groups(bins) > 1
-                else np.zeros(len(some), np.int32)
+                else np.zeros(len(index), np.int32)
             )
-            places = coder.decode(self.categorical, self._in_group_frequencies(some, groups, bins))
+            places = coder.decode(
+                self.categorical, self._in_group_frequencies(rows, index, groups, bins)
+            )
             values[nonzero] = 1 + BIN * groups + places
             if values.max() >= bins.count:  # a place past the last bin: only in damaged words
                 raise ValueError("a pixel's bin beyond the last")
