@@ -46,6 +46,11 @@ from .likelihoods import LEVELS, pixel_rows
 CONTEXT_SCALE = 256
 """a grey level ``k`` enters the context as ``k / CONTEXT_SCALE``"""
 
+PASS_ROWS = 65_536
+"""pictures are drawn in chunks of images whose passes hold at most about this many pixels:
+a pass of a million rows (10,000 pictures under ``passes-8``) leaves the cache and took
+twice as long per pixel (Results: pass schedules). The raster head's passes stay whole."""
+
 COARSE_TO_FINE = (
     (0, 0), (2, 2), (0, 2), (2, 0), (1, 1), (3, 3), (1, 3), (3, 1),
     (0, 1), (2, 3), (0, 3), (2, 1), (1, 0), (3, 2), (1, 2), (3, 0),
@@ -163,16 +168,17 @@ class PixelHead(nn.Module):
         values (what the caller wants back) and grey levels ``0..255`` (which the next passes
         read); ``unit`` is 1 in the rows' arithmetic (1.0 in floats, ``2^16`` in the integer
         network's). Returns the values ``[N, H * W]``."""
-        n, m = len(features), self.passes.shape[1]
+        (n, f, _), (count, m) = features.shape, self.passes.shape
         canvas = self.empty_canvas(n, features)
-        # Everything a pass reads, laid out as its rows: the features once, in pass order.
-        by_pass = features[:, :, self.passes.flatten()].transpose(1, 2)  # [N, H * W, F]
-        by_pass = by_pass.reshape(n, len(self.passes), m, -1)
-        window = self.index.T[self.passes]  # [passes, m, context]: canvas places read
+        # Everything a pass reads, laid out as its rows: the features once, pass by pass
+        # (each pass's contiguous, [N, m, F]), and the canvas places its window reads.
+        by_pass = features[:, :, self.passes.flatten()].view(n, f, count, m)
+        by_pass = by_pass.permute(2, 0, 3, 1).contiguous()  # [passes, N, m, F]
+        window = self.index.T[self.passes].flatten(1)  # [passes, m * context]
         values = None
         scale = unit / CONTEXT_SCALE
         for k, pixels in enumerate(self.passes):
-            parts = [by_pass[:, k], canvas[:, window[k]]]  # [N, m, F], [N, m, context]
+            parts = [by_pass[k], canvas.index_select(1, window[k]).view(n, m, -1)]
             if self.pass_inputs:
                 code = features.new_zeros(n, m, self.pass_inputs)
                 code[:, :, k] = unit
@@ -238,4 +244,6 @@ class PixelHead(nn.Module):
             return values, torch.round(values * (LEVELS - 1))
 
         n, _, h, w = features.shape
-        return self.run_passes(features.flatten(2), step).view(n, 1, h, w)
+        chunk = max(1, PASS_ROWS // self.passes.shape[1])
+        pictures = [self.run_passes(part.flatten(2), step) for part in features.split(chunk)]
+        return torch.cat(pictures).view(n, 1, h, w)
