@@ -164,6 +164,39 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
     assert mlflow.get_run(run.run_id).data.tags["env.threads"] == "1"  # the resuming process's
 
 
+def test_an_interrupt_stays_an_interrupt_when_the_store_fails_to_end_the_run(store, monkeypatch):
+    """A SIGTERM inside a write to a busy SQLite store: the write fails, and so does ending
+    the run as KILLED ("database is locked"). The stage must still see the interrupt (and
+    exit 130, "interrupted"), not the store's error."""
+    from mlflow.exceptions import MlflowException
+
+    from mnist_vae.params import Params
+
+    def locked(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    def training():
+        return runs.training_run(
+            Params(), {}, data_checksum="abc", datasets={}, source_url="", resume_run_id=None,
+            environment={},
+        )  # fmt: skip
+
+    with (
+        pytest.raises(KeyboardInterrupt) as raised,
+        monkeypatch.context() as patch,
+        training() as run,
+    ):
+        patch.setattr(mlflow.MlflowClient, "set_terminated", locked)
+        try:
+            raise KeyboardInterrupt  # the signal, inside MLflow's write
+        except KeyboardInterrupt:
+            locked()
+    assert "database is locked" in str(raised.value.__cause__)
+    assert mlflow.get_run(run.run_id).info.status == "RUNNING"  # resumed later, in this run
+    with pytest.raises(MlflowException, match="locked"), training():  # other errors stay
+        locked()
+
+
 def test_off_rank_zero_a_training_run_is_a_no_op(store):
     with runs.training_run(
         None, {}, data_checksum="", datasets={}, source_url="", resume_run_id=None, environment={},
