@@ -15,6 +15,7 @@ from mnist_vae.compression.container import HEADER_BYTES, Header
 from mnist_vae.compression.fixed_point import ExactNetwork
 from mnist_vae.compression.lossless import BitsBackCodec
 from mnist_vae.errors import CodecError
+from mnist_vae.model import autoregressive
 from mnist_vae.model.autoregressive import PASS_SCHEDULES, causal_offsets, pass_of_pixels
 from mnist_vae.model.vae import VAEConfig, load_model, save_model
 from mnist_vae.training.loop import seeded_model
@@ -99,6 +100,24 @@ def test_the_picture_is_each_pixels_expected_value_given_the_earlier_passes(sche
         picture = model.mean_image(z, exact=False)
         means = model.likelihood.mean(model.decode(z, picture), exact=False)
     assert torch.allclose(means, picture, atol=1e-5)
+
+
+def test_a_large_batch_of_pictures_is_drawn_in_chunks_as_drawn_at_once(monkeypatch):
+    """Under a pass schedule, pictures are drawn in chunks whose passes hold at most
+    ``PASS_ROWS`` pixels (a pass of a million rows left the cache): the same pictures."""
+    model = _schedule_model("passes-4")
+    z = torch.randn(7, 4, generator=torch.Generator().manual_seed(0))
+    calls = []
+    run_passes = model.pixel_head.run_passes
+    monkeypatch.setattr(
+        model.pixel_head, "run_passes", lambda f, *a: calls.append(len(f)) or run_passes(f, *a)
+    )
+    with torch.no_grad():
+        whole = model.mean_image(z)
+        monkeypatch.setattr(autoregressive, "PASS_ROWS", 2 * model.pixel_head.passes.shape[1])
+        chunked = model.mean_image(z)
+    assert calls == [7, 2, 2, 2, 1]
+    assert torch.allclose(chunked, whole, atol=1e-6)
 
 
 @pytest.mark.parametrize("decoder", ["autoregressive", "factorized"])
