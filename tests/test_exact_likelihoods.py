@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,15 +48,22 @@ def test_the_zero_split_is_the_full_table_split(name):
 @pytest.mark.parametrize("name", ["beta_binomial", "logistic_mixture"])
 def test_prepared_rows_and_their_subsets_give_the_integers_of_the_rows(name):
     """The codec prepares a pass's rows once for the three symbols of its pixels (a
-    mixture's weights and scales) and takes the rows of the pixels that are not 0 from
-    them: every table as from the rows themselves."""
+    mixture's weights and scales) and reads the rows of the pixels that are not 0 by
+    ``index``: every table as from the rows themselves, or from those rows alone."""
     rows = pixel_rows(_integer_params(name, n=1))
-    some = torch.arange(3, len(rows), 7)
-    groups = torch.arange(len(some)) % 16
+    some = np.arange(3, len(rows), 7)
+    groups = np.arange(len(some)) % 16
     prepared = exact_likelihoods.prepared(name, rows)
-    for ready, raw in ((prepared, rows), (prepared[some], rows[some])):
-        for table in ("frequencies", "zero_frequencies", "bin_frequencies"):
-            f = getattr(exact_likelihoods, table)
-            assert torch.equal(f(name, ready), f(name, raw)), table
+    assert torch.equal(
+        exact_likelihoods.frequencies(name, prepared), exact_likelihoods.frequencies(name, rows)
+    )
+    for table in ("zero_frequencies", "bin_frequencies"):
+        f = getattr(exact_likelihoods, table)
+        assert torch.equal(f(name, prepared), f(name, rows)), table
+        expected = f(name, rows[torch.from_numpy(some)])
+        assert torch.equal(f(name, prepared, index=some), expected), table
+        assert torch.equal(f(name, rows, index=some), expected), table
     f = exact_likelihoods.in_bin_frequencies
-    assert torch.equal(f(name, prepared[some], groups), f(name, rows[some], groups))
+    expected = f(name, rows[torch.from_numpy(some)], groups)
+    assert torch.equal(f(name, prepared, groups, index=some), expected)
+    assert torch.equal(f(name, rows, groups, index=some), expected)

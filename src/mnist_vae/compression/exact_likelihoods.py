@@ -85,14 +85,12 @@ class Mixture:
     logistic wider than e^7 is flat over the 256 levels either way) at ``2^-20``.
 
     A pixel's symbols (whether it is 0, its bin, its place in the bin) each need the CDF
-    at other edges of the same mixture: ``prepared`` computes this once for all three.
-    Indexing takes some rows, as on the parameter rows. Both are one ``kernels`` call."""
+    at other edges of the same mixture: ``prepared`` computes this once for all three
+    (one ``kernels`` call), and each table reads the rows it needs by index."""
 
     weights: np.ndarray  # [M, K] int64
     means: np.ndarray  # [M, K], at 2^-ACTIVATION_BITS
     inv_scales: np.ndarray  # [M, K], at 2^-20
-
-    device = torch.device("cpu")
 
     @classmethod
     def of(cls, rows: torch.Tensor) -> Mixture:
@@ -101,10 +99,6 @@ class Mixture:
 
     def __len__(self) -> int:
         return len(self.weights)
-
-    def __getitem__(self, index: torch.Tensor | np.ndarray) -> Mixture:
-        index = np.asarray(index)
-        return Mixture(self.weights[index], self.means[index], self.inv_scales[index])
 
     def frequencies(
         self, levels: np.ndarray, starts: np.ndarray, count: int, index: np.ndarray
