@@ -164,37 +164,47 @@ def test_a_training_run_records_params_as_used_datasets_and_system_metrics(store
     assert mlflow.get_run(run.run_id).data.tags["env.threads"] == "1"  # the resuming process's
 
 
-def test_an_interrupt_stays_an_interrupt_when_the_store_fails_to_end_the_run(store, monkeypatch):
+def test_an_interrupt_stays_an_interrupt_when_the_store_fails_to_end_the_run(
+    store, monkeypatch, capsys
+):  # fmt: skip
     """A SIGTERM inside a write to a busy SQLite store: the write fails, and so does ending
-    the run as KILLED ("database is locked"). The stage must still see the interrupt (and
-    exit 130, "interrupted"), not the store's error."""
+    the run as KILLED ("database is locked"). The run stays open for the resume, and the
+    stage still sees the interrupt (exit 130, "interrupted"), not the store's error."""
     from mlflow.exceptions import MlflowException
 
     from mnist_vae.params import Params
+    from mnist_vae.stage import run as run_stage
 
     def locked(*args, **kwargs):
         raise MlflowException("(sqlite3.OperationalError) database is locked")
 
-    def training():
-        return runs.training_run(
-            Params(), {}, data_checksum="abc", datasets={}, source_url="", resume_run_id=None,
-            environment={},
-        )  # fmt: skip
+    opened = []
 
-    with (
-        pytest.raises(KeyboardInterrupt) as raised,
-        monkeypatch.context() as patch,
-        training() as run,
-    ):
-        patch.setattr(mlflow.MlflowClient, "set_terminated", locked)
+    def stage(body):
+        def main():
+            with monkeypatch.context() as patch, runs.training_run(
+                Params(), {}, data_checksum="abc", datasets={}, source_url="",
+                resume_run_id=None, environment={},
+            ) as run:  # fmt: skip
+                opened.append(run.run_id)
+                patch.setattr(mlflow.MlflowClient, "set_terminated", locked)
+                body()
+
+        return lambda: run_stage(main, "train")
+
+    def signal_inside_a_write():
         try:
             raise KeyboardInterrupt  # the signal, inside MLflow's write
         except KeyboardInterrupt:
             locked()
-    assert "database is locked" in str(raised.value.__cause__)
-    assert mlflow.get_run(run.run_id).info.status == "RUNNING"  # resumed later, in this run
-    with pytest.raises(MlflowException, match="locked"), training():  # other errors stay
-        locked()
+
+    with pytest.raises(SystemExit) as stopped:
+        stage(signal_inside_a_write)()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.endswith("\ntrain: interrupted\n")
+    assert mlflow.get_run(opened[-1]).info.status == "RUNNING"  # resumed later, in this run
+    with pytest.raises(MlflowException, match="locked"):  # other store errors stay errors
+        stage(locked)()
 
 
 def test_off_rank_zero_a_training_run_is_a_no_op(store):
@@ -252,3 +262,15 @@ def test_a_server_that_stays_down_is_one_line_naming_it_and_the_retry_settings(m
     assert "Connection refused" in str(error) and "\n" not in str(error)
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in str(error)
     assert tracking_unreachable_error(ValueError("not MLflow's")) is None
+
+
+def test_an_interrupt_is_found_down_the_chain_and_a_looping_chain_ends():
+    from mnist_vae.errors import interrupted
+
+    surfaced = OSError("database is locked")
+    surfaced.__context__ = RuntimeError("while writing")
+    surfaced.__context__.__context__ = KeyboardInterrupt()
+    assert interrupted(surfaced)
+    first, second = ValueError("a"), ValueError("b")
+    first.__cause__, second.__cause__ = second, first  # a loop: the walk still ends
+    assert not interrupted(first)

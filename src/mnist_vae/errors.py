@@ -8,6 +8,7 @@ torch itself.
 import errno
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -84,6 +85,25 @@ def tracking_access_error(error: BaseException) -> TrackingAccessError | None:
     )
 
 
+def causes(error: BaseException, limit: int = 20) -> Iterator[BaseException]:
+    """The exceptions ``error`` was raised from or while handling, nearest first (at most
+    ``limit``: a chain can loop)."""
+    cause = error.__cause__ or error.__context__
+    for _ in range(limit):
+        if cause is None:
+            return
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+def interrupted(error: BaseException) -> bool:
+    """Whether ``error`` came of a Ctrl-C or SIGTERM (``stage``'s KeyboardInterrupt). One
+    that lands inside a write to a SQLite store can leave the write failing (``database is
+    locked``) and ending the MLflow run as KILLED failing the same way: the store's error
+    hides the interrupt, which should still end the stage as interrupted."""
+    return any(isinstance(cause, KeyboardInterrupt) for cause in causes(error))
+
+
 RETRY_SETTINGS = "MLFLOW_HTTP_REQUEST_MAX_RETRIES and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
 
 
@@ -93,11 +113,7 @@ def tracking_unreachable_error(error: BaseException) -> TrackingUnreachable | No
     MLflow retries a refused connection or a 5xx answer with a growing wait (7 times over
     about 4 minutes by default) and then raises its own exception from the ``requests``
     one; this finds that cause (duck-typed, like ``tracking_access_error``)."""
-    chain = []
-    cause = error.__cause__ or error.__context__
-    while cause is not None and len(chain) < 20:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
+    chain = list(causes(error))
     from_http = any(type(c).__module__.startswith(("requests", "urllib3")) for c in chain)
     if not from_http or not hasattr(error, "get_http_status_code"):
         return None

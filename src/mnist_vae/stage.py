@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import files
-from .errors import USER_ERRORS, tracking_access_error, tracking_unreachable_error
+from .errors import USER_ERRORS, interrupted, tracking_access_error, tracking_unreachable_error
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -21,19 +21,26 @@ def _interrupt(signum: int, frame: object) -> None:
 def run(main: Callable[[], object], name: str) -> None:
     """Run a stage's ``main``: a user error, an MLflow server refusing the credentials or
     the account (HTTP 401/403), or one that stayed down through MLflow's retries, ends it
-    with one line on stderr and exit status 1."""
+    with one line on stderr and exit status 1; Ctrl-C or SIGTERM with "interrupted" and 130,
+    also when the interrupt surfaced as another error (``errors.interrupted``)."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except USER_ERRORS as exc:
         _fail(name, exc)
     except Exception as exc:
+        if interrupted(exc):
+            _stop(name)
         if (known := tracking_access_error(exc) or tracking_unreachable_error(exc)) is None:
             raise
         _fail(name, known)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _stop(name)
+
+
+def _stop(name: str) -> None:
+    print(f"{name}: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def _fail(name: str, error: BaseException) -> None:

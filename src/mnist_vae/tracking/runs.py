@@ -218,36 +218,19 @@ def training_run(
     else:
         name = run_name(params.latent_dim, params.model.arch, params.train.epochs, params.seed)
         run = mlflow.start_run(run_name=name, tags=run_tags(data_checksum), log_system_metrics=True)
-    try:
-        with run:
-            try:
-                tags = {ENVIRONMENT_TAG_PREFIX + k: str(v) for k, v in environment.items()}
-                mlflow.set_tags(tags)
-                if resume_run_id is None:
-                    mlflow.log_params({**params.flat(), **used})
-                    for context, images in datasets.items():
-                        log_dataset(images, f"mnist-{context}", source_url, context)
-                yield TrainingRun(run.info.run_id)
-            except Exception as error:
-                if tracking_unreachable_error(error) is not None:
-                    _leave_run_open()
-                raise
-    except Exception as error:
-        if _interrupted(error):  # the checkpoint is saved: the training resumes in this run
-            raise KeyboardInterrupt from error
-        raise
-
-
-def _interrupted(error: BaseException) -> bool:
-    """Whether ``error`` came of a Ctrl-C or SIGTERM (``stage``'s KeyboardInterrupt). One
-    that lands inside a write to a SQLite store can leave the write failing (``database is
-    locked``), and ending the run as KILLED failing the same way: the store's error hides
-    the interrupt, which should still end the stage as interrupted."""
-    while error is not None:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        error = error.__context__
-    return False
+    with run:
+        try:
+            tags = {ENVIRONMENT_TAG_PREFIX + k: str(v) for k, v in environment.items()}
+            mlflow.set_tags(tags)
+            if resume_run_id is None:
+                mlflow.log_params({**params.flat(), **used})
+                for context, images in datasets.items():
+                    log_dataset(images, f"mnist-{context}", source_url, context)
+            yield TrainingRun(run.info.run_id)
+        except Exception as error:
+            if tracking_unreachable_error(error) is not None:
+                _leave_run_open()
+            raise
 
 
 def _leave_run_open() -> None:
