@@ -153,9 +153,10 @@ def test_the_config_travels_with_the_weights(model, folder):
 
 @pytest.mark.parametrize("schedule", PASS_SCHEDULES)
 def test_the_integer_head_gives_the_same_parameters_a_pass_at_a_time(schedule, digits):
-    """The codec's two sides: every pixel's parameters at once from the whole image (what
-    compression computes), and pass by pass through ``run_passes`` with the pixels fed back
-    (what decompression does): the same integers."""
+    """The codec's two sides: every pixel's parameters at once from the whole image, or a
+    few passes at a time from ``pass_rows`` (what compression computes), and pass by pass
+    through ``run_passes`` with the pixels fed back (what decompression does): the same
+    integers."""
     model = _schedule_model(schedule)
     network = ExactNetwork(model)
     head = model.pixel_head
@@ -177,6 +178,12 @@ def test_the_integer_head_gives_the_same_parameters_a_pass_at_a_time(schedule, d
     step.k = 0
     assert torch.equal(head.run_passes(features, step, one), truth)
     assert step.k == len(head.passes)
+    canvas = head.canvas((pixels * 256).double())  # compression: a few passes at a time
+    some = min(3, len(head.passes))
+    for part in (slice(0, 1), slice(1, some), slice(some - 1, None)):
+        rows = head.pass_rows(features.double(), canvas, part, one)  # [k, n, m, inputs]
+        expected = at_once[:, head.passes[part]].transpose(0, 1)  # [k, n, m, channels]
+        assert torch.equal(network.pixel_parameters(rows.flatten(0, 2)), expected.flatten(0, 2))
 
 
 @pytest.fixture(scope="module")

@@ -248,15 +248,16 @@ class BitsBackCodec:
             return
         n = len(x)
         grey = torch.from_numpy(x.astype(np.int64)).unsqueeze(1) * self.grey_step
-        context = self.head.context(self.head.canvas(grey * CONTEXT_UNIT), ONE)
-        rows = torch.cat([decoded.flatten(2).transpose(1, 2), context], 2)  # [n, H * W, inputs]
+        # In float64, which holds these integers exactly: the integer network's arithmetic.
+        canvas = self.head.canvas((grey * CONTEXT_UNIT).double())
+        features = decoded.flatten(2).double()
         passes = self.head.passes  # [passes, m]
         by_pass = torch.from_numpy(symbols.reshape(n, -1))[:, passes].transpose(0, 1)
-        rows = rows[:, passes].transpose(0, 1)  # [passes, n, m, inputs]
         step = max(1, PUSH_ROWS // by_pass[0].numel())
         for start in reversed(range(0, len(passes), step)):
             part = slice(start, start + step)
-            parameters = self.network.pixel_parameters(rows[part].flatten(0, 2))
+            rows = self.head.pass_rows(features, canvas, part, ONE)  # [k, n, m, inputs]
+            parameters = self.network.pixel_parameters(rows.flatten(0, 2))
             self._push_positions(coder, by_pass[part].flatten(1).numpy(), parameters, bins)
 
     def _pop_image_pixels(

@@ -156,6 +156,25 @@ class PixelHead(nn.Module):
             parts.append(code.expand(len(canvas), *code.shape))
         return torch.cat(parts, 2)
 
+    def pass_rows(
+        self, features: torch.Tensor, canvas: torch.Tensor, passes: slice, unit: float | int = 1.0
+    ) -> torch.Tensor:
+        """Teacher forcing for the passes ``passes`` (every pixel known: compression): the
+        rows ``run_passes`` gives its step for them, ``[k, N, m, inputs]``, from the decoder's
+        ``features`` ``[N, F, H * W]`` and the images' ``canvas``. Built from those passes'
+        pixels only, so a caller that takes a few passes at a time never holds the rows of
+        every pixel."""
+        pixels = self.passes[passes]  # [k, m]
+        (k, m), (n, f) = pixels.shape, features.shape[:2]
+        at = pixels.flatten()
+        window = canvas[:, self.index[:, at]] * self.known[:, at].to(canvas.dtype)  # [N, C, k m]
+        parts = [features[:, :, at].view(n, f, k, m), window.view(n, -1, k, m)]
+        parts = [part.permute(2, 0, 3, 1) for part in parts]  # [k, N, m, inputs]
+        if self.pass_inputs:
+            code = (self.pass_code[at] * unit).to(canvas.dtype).view(k, 1, m, -1)
+            parts.append(code.expand(k, n, m, -1))
+        return torch.cat(parts, 3)
+
     def run_passes(
         self,
         features: torch.Tensor,
