@@ -10,7 +10,7 @@ the pipeline's order, every stage a fresh clone's ``dvc repro`` runs (all but th
 baselines, whose small outputs are committed; ``--all`` adds them), and prints each stage's
 seconds and the whole against the targets: the whole within 15 minutes, no stage but
 ``train`` above 3, everything after ``train`` within half of it. Then ``dvc repro`` with
-nothing to do is timed three times.
+nothing to do is timed three times, when ``dvc status`` finds every stage up to date.
 
     python bench/pipeline.py              # figures of the last `dvc repro`
     python bench/pipeline.py --repro      # rerun the pipeline first, stage by stage
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -147,15 +146,22 @@ def main() -> None:
         iwae = json.loads(EVAL_METRICS.read_text())["iwae_nll"]
         print(f"{'(evaluate: IWAE NLL, for reference)':38s} {iwae:9.2f} nats")
 
-    times, ran = [], []
-    for _ in range(3):
-        seconds, output = dvc_repro()
-        times.append(seconds)
-        ran += re.findall(r"Running stage '(\w+)'", output)
-    if ran:
-        print(f"note: `dvc repro` was not a no-op; it ran {sorted(set(ran))}")
-    results.append(check("`dvc repro` with nothing changed", statistics.median(times), 3, "s"))
+    stale = stale_stages()
+    if stale:  # timing `dvc repro` would run them: learned_baselines alone takes 97 minutes
+        print(f"`dvc repro` with nothing changed: not timed, these stages are not up to date "
+              f"(`dvc status`): {', '.join(stale)}")  # fmt: skip
+    else:
+        times = [dvc_repro()[0] for _ in range(3)]
+        results.append(check("`dvc repro` with nothing changed", statistics.median(times), 3, "s"))
     print(f"\n{sum(results)} of {len(results)} targets met")
+
+
+def stale_stages() -> list[str]:
+    """The stages `dvc repro` would run now (``dvc status``)."""
+    result = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"dvc status failed:\n{result.stdout}{result.stderr}")
+    return sorted(json.loads(result.stdout or "{}"))
 
 
 if __name__ == "__main__":
