@@ -27,7 +27,7 @@ and passes every other operation through untouched:
   already (a batch of 128 digits on 1, 2 and 4 threads);
 - a sum adds fixed pieces of ``SUM_PIECE`` elements, each summed by one thread, then the
   pieces' sums;
-- a convolution, forward and backward, always runs on ``CONVOLUTION_THREADS`` threads, so
+- a convolution, forward and backward, always runs on ``FIXED_THREADS`` threads, so
   oneDNN splits it the same way whatever the process has (on a machine with more cores the
   convolutions do not use them; matrix products and everything else do), and so does a
   matrix product that sums over more than ``GRAIN`` terms.
@@ -51,9 +51,10 @@ GRAIN = 32768
 LANES = 64
 """a multiple of every vectorised loop's step (2 vectors of 8 floats under AVX2; of 16 under
 AVX-512): chunks of a multiple of it run every element through the vector path"""
-CONVOLUTION_THREADS = 2
-"""the threads a convolution always runs on: oneDNN splits its sums by them (the weight
-gradient's over the batch; a transposed convolution's, at some sizes, over its windows)"""
+FIXED_THREADS = 2
+"""the threads a convolution and a long matrix product always run on: oneDNN splits a
+convolution's sums by them (the weight gradient's over the batch; a transposed
+convolution's, at some sizes, over its windows), and MKL on an AMD a long product's"""
 SUM_PIECE = GRAIN // 2  # summed by one thread (ATen keeps below GRAIN serial)
 
 aten = torch.ops.aten
@@ -180,12 +181,12 @@ def _foreach_norm(func, args, kwargs):
 
 
 def _on_fixed_threads(func, args, kwargs):
-    """A oneDNN convolution (forward or backward) on ``CONVOLUTION_THREADS`` threads, whatever
-    the process has: oneDNN splits its sums by them."""
+    """An operation (a oneDNN convolution, forward or backward; a long product) on
+    ``FIXED_THREADS`` threads, whatever the process has: its kernel splits its sums by them."""
     threads = torch.get_num_threads()
-    if threads == CONVOLUTION_THREADS:
+    if threads == FIXED_THREADS:
         return func(*args, **kwargs)
-    torch.set_num_threads(CONVOLUTION_THREADS)
+    torch.set_num_threads(FIXED_THREADS)
     try:
         return func(*args, **kwargs)
     finally:
@@ -194,7 +195,7 @@ def _on_fixed_threads(func, args, kwargs):
 
 def _long_product(func, args, kwargs):
     """A matrix product that sums over more than ``GRAIN`` terms (a linear layer's weight
-    gradient, over every pixel of the batch) on ``CONVOLUTION_THREADS`` threads: MKL's strict
+    gradient, over every pixel of the batch) on ``FIXED_THREADS`` threads: MKL's strict
     mode keeps it the same on any thread count on the Intel Xeon, but not on an AMD EPYC,
     where 3 threads gave other bits than 1 and 2. Shorter sums pass through."""
     a = args[0] if func is aten.mm.default else args[1]

@@ -149,12 +149,18 @@ class PixelHead(nn.Module):
         """What every pixel reads besides the features, ``[N, H * W, context + passes]``:
         its window's pixels masked to those known before it, then its pass's one-hot code
         (``unit`` is 1 in the canvas's arithmetic: 1.0, or ``2^16`` for the integer network)."""
-        context = canvas[:, self.index] * self.known.to(canvas.dtype)  # [N, context, H * W]
-        parts = [context.transpose(1, 2)]
+        parts = [self._window(canvas, self.index, self.known).transpose(1, 2)]
         if self.pass_inputs:
             code = (self.pass_code * unit).to(canvas.dtype)
             parts.append(code.expand(len(canvas), *code.shape))
         return torch.cat(parts, 2)
+
+    @staticmethod
+    def _window(canvas: torch.Tensor, index: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """The canvas at the window places ``index`` ``[context, pixels]``, zero where
+        ``known`` says a pixel is not known before the one reading it: ``[N, context,
+        pixels]``."""
+        return canvas[:, index] * known.to(canvas.dtype)
 
     def pass_rows(
         self, features: torch.Tensor, canvas: torch.Tensor, passes: slice, unit: float | int = 1.0
@@ -167,7 +173,7 @@ class PixelHead(nn.Module):
         pixels = self.passes[passes]  # [k, m]
         (k, m), (n, f) = pixels.shape, features.shape[:2]
         at = pixels.flatten()
-        window = canvas[:, self.index[:, at]] * self.known[:, at].to(canvas.dtype)  # [N, C, k m]
+        window = self._window(canvas, self.index[:, at], self.known[:, at])  # [N, C, k m]
         parts = [features[:, :, at].view(n, f, k, m), window.view(n, -1, k, m)]
         parts = [part.permute(2, 0, 3, 1) for part in parts]  # [k, N, m, inputs]
         if self.pass_inputs:
