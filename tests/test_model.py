@@ -141,7 +141,11 @@ def test_the_params_model_keys_all_reach_the_config():
     """The train stage builds its model from params.yaml through ``config_from_params``:
     every model key set to something other than its default lands in the config."""
     model = ModelParams(
-        arch="conv", decoder="factorized", pass_schedule="passes-4", sampler_components=3
+        arch="conv",
+        decoder="factorized",
+        pass_schedule="passes-4",
+        head_hidden=48,
+        sampler_components=3,
     )
     params = Params(latent_dim=7, model=model, train=TrainParams(loss="bce"))
     config = config_from_params(params)
@@ -151,3 +155,4 @@ def test_the_params_model_keys_all_reach_the_config():
         "passes-4",
         3,
     )
+    assert config.head_hidden == 48

@@ -89,6 +89,9 @@ class ModelParams:
     pass_schedule: str = one_of(PASS_SCHEDULES, "raster")
     """autoregressive: ``raster``, one pixel at a time (784 steps); ``passes-N`` (2, 4, 8,
     16): N passes of many pixels each, every pixel seeing the known pixels of its window"""
+    head_hidden: int = at_least(1, 32)
+    """autoregressive: units of the pixel head's two hidden layers; a pass head needs more
+    than the raster head for its rate (one network serves every pass)"""
     sampler_components: int = at_least(0, 50)
     """Gaussians of the mixture fitted to the training codes after training, which ``sample``
     draws from (0: the N(0, I) prior); the codec always uses the prior"""

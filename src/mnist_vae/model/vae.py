@@ -299,6 +299,7 @@ def config_from_params(params: Params) -> VAEConfig:
         sampler_components=model.sampler_components,
         decoder=model.decoder,
         pass_schedule=model.pass_schedule,
+        head_hidden=model.head_hidden,
     )
 
 
