@@ -30,10 +30,12 @@ file's real bytes, every pixel checked, both speeds) and times the pictures
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +44,7 @@ from torch import nn
 from mnist_vae.compression.lossless import round_trip
 from mnist_vae.data import batches, load_images, load_test_images, to_symbols
 from mnist_vae.evaluation.metrics import bits_per_pixel
+from mnist_vae.model.autoregressive import pass_of_pixels
 from mnist_vae.model.likelihoods import likelihood
 from mnist_vae.model.vae import ConvVAE, VAEConfig, build_model, save_model
 from mnist_vae.params import PASS_SCHEDULES
@@ -83,6 +86,39 @@ class Hierarchical(nn.Module):
         )  # fmt: skip
 
 
+class PerPass(nn.Module):
+    """A pass head's per-pixel network, one per pass (each initialised afresh): rows go to
+    the network of the pass their one-hot code names. A float-only trial of capacity per
+    pass at one network's cost per pixel; the integer codec does not take it."""
+
+    def __init__(self, network: nn.Sequential, passes: int) -> None:
+        super().__init__()
+        self.passes = passes
+        self.networks = nn.ModuleList(copy.deepcopy(network) for _ in range(passes))
+        for layer in self.networks.modules():
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        which = rows[:, -self.passes :].argmax(1)
+        parts = [(which == k).nonzero().squeeze(1) for k in range(self.passes)]
+        outs = [net(rows[index]) for net, index in zip(self.networks, parts, strict=True)]
+        out = rows.new_empty(len(rows), outs[0].shape[1])
+        for index, part in zip(parts, outs, strict=True):
+            out[index] = part
+        return out
+
+
+def per_pass(build: Callable[[], tuple[nn.Module, Loss]]) -> Callable:
+    def wrapped() -> tuple[nn.Module, Loss]:
+        model, loss = build()
+        head = model.pixel_head
+        head.network = PerPass(head.network, head.pass_inputs)
+        return model, loss
+
+    return wrapped
+
+
 Loss = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """a batch's summed negative ELBO in nats, given the images and the noise generator"""
 
@@ -97,7 +133,7 @@ def flat_nelbo(config: VAEConfig) -> tuple[nn.Module, Loss]:
     return model, loss
 
 
-def designs(which: str) -> dict[str, Callable[[], tuple[nn.Module, Loss]]]:
+def designs(which: str, head_hidden: int = 32) -> dict[str, Callable[[], tuple[nn.Module, Loss]]]:
     def flat(**kwargs):
         return lambda: flat_nelbo(VAEConfig(10, "fast", likelihood=LOSS, **kwargs))
 
@@ -106,10 +142,19 @@ def designs(which: str) -> dict[str, Callable[[], tuple[nn.Module, Loss]]]:
         return model, lambda x, g: model.nelbo(x, g).sum()
 
     if which == "schedules":
-        return {"factorized": flat()} | {
-            schedule: flat(decoder="autoregressive", pass_schedule=schedule)
+        wide = f" h={head_hidden}" if head_hidden != 32 else ""
+        heads = {
+            schedule + wide: flat(
+                decoder="autoregressive", pass_schedule=schedule, head_hidden=head_hidden
+            )
             for schedule in PASS_SCHEDULES
         }
+        split = {
+            f"{name} per-pass": per_pass(build)
+            for name, build in heads.items()
+            if not name.startswith("raster")
+        }
+        return {"factorized": flat()} | heads | split
     return {
         "factorized": flat(),
         "autoregressive r=2 f=32": flat(
@@ -138,6 +183,27 @@ def speeds(model: ConvVAE, test_x: torch.Tensor, codec_limit: int) -> dict:
     return {"lossless_bpp": trip.bits_per_pixel, **trip.speed(), "pictures_per_second": pictures}
 
 
+def bits_by_pass(model: ConvVAE, test_x: torch.Tensor, schedule: str) -> list[float]:
+    """Bits per pixel of the test digits' pixels in each pass of ``schedule`` (for any head:
+    the raster head's on the pixels a pass head would decode in each of its passes), one
+    posterior sample per digit, as in the negative ELBO's reconstruction term."""
+    group = pass_of_pixels(schedule, model.config.image_size)
+    totals = torch.zeros(int(group.max()) + 1, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for index, _ in batches(len(test_x), 1000):
+            x = test_x[index]
+            z = model.reparameterize(*model.encode(x), generator)
+            params, pixels = model.decode(z, x).flatten(2), x.flatten(2)
+            for g in range(len(totals)):
+                chosen = group == g
+                totals[g] += float(
+                    model.likelihood.nll(params[..., chosen], pixels[..., chosen]).sum()
+                )
+    counts = torch.bincount(group).double() * len(test_x)
+    return (totals / counts / math.log(2)).tolist()
+
+
 def run(
     name: str,
     build: Callable[[], tuple[nn.Module, Loss]],
@@ -147,6 +213,7 @@ def run(
     batch_size: int,
     lr: float,
     codec_limit: int,
+    save: str | None = None,
 ) -> dict:
     torch.manual_seed(0)
     model, loss = build()
@@ -177,7 +244,15 @@ def run(
         "train_seconds": seconds,
         "test_nelbo_bpp": bits_per_pixel(total / len(test_x), PIXELS),
     }
-    if codec_limit and isinstance(model, ConvVAE):
+    if isinstance(model, ConvVAE) and model.pixel_head is not None:
+        schedule = (
+            "passes-8" if model.config.pass_schedule == "raster" else model.config.pass_schedule
+        )
+        row["bits_by_pass"] = (schedule, bits_by_pass(model, test_x, schedule))
+    trial = isinstance(getattr(model, "pixel_head", None) and model.pixel_head.network, PerPass)
+    if save and isinstance(model, ConvVAE) and not trial:
+        save_model(model, Path(save) / name.replace(" ", "_"))
+    if codec_limit and isinstance(model, ConvVAE) and not trial:
         row |= speeds(model, test_x, codec_limit)
     return row
 
@@ -193,6 +268,10 @@ def main() -> None:
     parser.add_argument("--codec-limit", type=int, default=1000,
                         help="test digits for the codec's rate and speeds (0: skip)")  # fmt: skip
     parser.add_argument("--only", nargs="*", help="design names to run (default: all)")
+    parser.add_argument("--head-hidden", type=int, default=32,
+                        help="schedules: units of the pixel head's hidden layers (the "
+                             "default model's: 32)")  # fmt: skip
+    parser.add_argument("--save", help="a folder to save each trained model in")
     args = parser.parse_args()
     train_x, _ = load_images(args.data, "train", args.train_limit, seed=0)
     test_x, _ = load_test_images(args.data)
@@ -204,10 +283,13 @@ def main() -> None:
     if codec_limit:
         header += " lossless bpp  compress/s  decompress/s  pictures/s"
     print(header)
-    for name, build in designs(args.set).items():
+    for name, build in designs(args.set, args.head_hidden).items():
         if args.only and name not in args.only:
             continue
-        row = run(name, build, train_x, test_x, args.epochs, args.batch_size, args.lr, codec_limit)
+        row = run(
+            name, build, train_x, test_x, args.epochs, args.batch_size, args.lr, codec_limit,
+            args.save,
+        )  # fmt: skip
         line = (f"{name:26s} {row['parameters']:10,d} {row['train_seconds']:8.1f} "
                 f"{row['test_nelbo_bpp']:15.4f}")  # fmt: skip
         if "lossless_bpp" in row:
@@ -215,6 +297,10 @@ def main() -> None:
                      f"{row['decompress_images_per_second']:13.0f} "
                      f"{row['pictures_per_second']:11.0f}")  # fmt: skip
         print(line, flush=True)
+        if "bits_by_pass" in row:
+            schedule, bits = row["bits_by_pass"]
+            print(f"    bits per pixel in each pass of {schedule}: "
+                  + " ".join(f"{b:.3f}" for b in bits), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
