@@ -12,6 +12,10 @@ For each it also runs the lossless codec on the first ``--codec-limit`` test dig
 file's real bytes, every pixel checked, both speeds) and times the pictures
 (``mean_image``, as ``generate`` and the served ``decode`` draw them, in batches of 1,000).
 
+``--head-hidden`` sets the pixel head's width; ``--only "passes-8 per-pass"`` (a design run
+only when named) gives each pass its own network of that width, a float-only trial. Each
+pass head's row is followed by the bits per pixel of the pixels each of its passes decodes.
+
 ``--set likelihoods`` is issue 24's comparison:
 
 - ``factorized``: today's decoder, every pixel from z alone;
@@ -249,7 +253,8 @@ def run(
             "passes-8" if model.config.pass_schedule == "raster" else model.config.pass_schedule
         )
         row["bits_by_pass"] = (schedule, bits_by_pass(model, test_x, schedule))
-    trial = isinstance(getattr(model, "pixel_head", None) and model.pixel_head.network, PerPass)
+    head = getattr(model, "pixel_head", None)
+    trial = head is not None and isinstance(head.network, PerPass)
     if save and isinstance(model, ConvVAE) and not trial:
         save_model(model, Path(save) / name.replace(" ", "_"))
     if codec_limit and isinstance(model, ConvVAE) and not trial:
@@ -284,8 +289,8 @@ def main() -> None:
         header += " lossless bpp  compress/s  decompress/s  pictures/s"
     print(header)
     for name, build in designs(args.set, args.head_hidden).items():
-        if args.only and name not in args.only:
-            continue
+        if (args.only and name not in args.only) or (name.endswith("per-pass") and not args.only):
+            continue  # the per-pass trials run only when named
         row = run(
             name, build, train_x, test_x, args.epochs, args.batch_size, args.lr, codec_limit,
             args.save,
