@@ -90,6 +90,10 @@ class Hierarchical(nn.Module):
         )  # fmt: skip
 
 
+Loss = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""a batch's summed negative ELBO in nats, given the images and the noise generator"""
+
+
 class PerPass(nn.Module):
     """A pass head's per-pixel network, one per pass (each initialised afresh): rows go to
     the network of the pass their one-hot code names. A float-only trial of capacity per
@@ -121,10 +125,6 @@ def per_pass(build: Callable[[], tuple[nn.Module, Loss]]) -> Callable:
         return model, loss
 
     return wrapped
-
-
-Loss = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-"""a batch's summed negative ELBO in nats, given the images and the noise generator"""
 
 
 def flat_nelbo(config: VAEConfig) -> tuple[nn.Module, Loss]:
@@ -192,7 +192,7 @@ def bits_by_pass(model: ConvVAE, test_x: torch.Tensor, schedule: str) -> list[fl
     the raster head's on the pixels a pass head would decode in each of its passes), one
     posterior sample per digit, as in the negative ELBO's reconstruction term."""
     group = pass_of_pixels(schedule, model.config.image_size)
-    totals = torch.zeros(int(group.max()) + 1, dtype=torch.float64)
+    totals = [0.0] * (int(group.max()) + 1)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for index, _ in batches(len(test_x), 1000):
@@ -204,8 +204,8 @@ def bits_by_pass(model: ConvVAE, test_x: torch.Tensor, schedule: str) -> list[fl
                 totals[g] += float(
                     model.likelihood.nll(params[..., chosen], pixels[..., chosen]).sum()
                 )
-    counts = torch.bincount(group).double() * len(test_x)
-    return (totals / counts / math.log(2)).tolist()
+    counts = torch.bincount(group).tolist()
+    return [bits_per_pixel(t / len(test_x), c) for t, c in zip(totals, counts, strict=True)]
 
 
 def run(
