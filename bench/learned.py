@@ -46,7 +46,9 @@ def main() -> None:
         torch.manual_seed(p.seed)
         model = learned.build(NAME, p.channels, p.latent_channels)
         start = time.perf_counter()
-        training = learned.train(model, train, lmbda, args.epochs, p.batch_size, p.lr, p.seed)
+        training = learned.train(
+            model, train, lmbda, args.epochs, p.batch_size, p.lr, p.seed, p.settle_steps
+        )
         minutes = (time.perf_counter() - start) / 60
         streams = learned.compress(model, test)
         decoded = learned.decompress(model, streams)

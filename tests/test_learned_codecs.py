@@ -16,13 +16,10 @@ from mnist_vae.errors import CodecError
 from mnist_vae.params import LEARNED_CODECS, LearnedBaselinesParams
 
 TINY = {"channels": 8, "latent_channels": 8}
-
-
-@pytest.fixture(autouse=True)
-def few_settling_steps(monkeypatch):
-    """After a few steps of training, the quantiles would take all of ``SETTLE_STEPS`` (5,000,
-    10 s each time) to settle; what these tests check does not depend on them settling."""
-    monkeypatch.setattr(lc, "SETTLE_STEPS", 300)
+SETTLE = 300
+"""the quantiles' steps after training: after a few steps of training they would take all
+of the default 5,000 (10 s each time) to settle; what these tests check does not depend on
+them settling"""
 
 
 @pytest.mark.parametrize(
@@ -83,7 +80,8 @@ def test_streams_decode_to_the_pictures_the_encoder_meant(name, digits):
     torch.manual_seed(0)
     model = lc.build(name, **TINY)
     untrained = model.aux_loss().item()
-    training = lc.train(model, train, 0.01, epochs=2, batch_size=32, lr=3e-3, seed=0)
+    training = lc.train(model, train, 0.01, epochs=2, batch_size=32, lr=3e-3, seed=0,
+                        settle_steps=SETTLE)  # fmt: skip
     assert training.steps == 6 and len(training.epoch_losses) == 2
     assert training.aux_loss < untrained  # the quantiles moved before the tables were built
     streams = lc.compress(model, test)
@@ -94,11 +92,23 @@ def test_streams_decode_to_the_pictures_the_encoder_meant(name, digits):
     assert np.array_equal(lc.decompress(model, streams[::-1]), decoded[::-1])  # no batch effect
 
 
+def test_the_quantiles_settle_for_at_most_settle_steps_after_training(digits):
+    train = digits[0]
+    aux_losses = []
+    for settle_steps in (0, 30, SETTLE):
+        torch.manual_seed(0)
+        model = lc.build("bmshj2018-factorized", **TINY)
+        training = lc.train(model, train, 0.01, epochs=1, batch_size=32, lr=3e-3, seed=0,
+                            settle_steps=settle_steps)  # fmt: skip
+        aux_losses.append(training.aux_loss)
+    assert aux_losses[0] > aux_losses[1] > aux_losses[2] > lc.SETTLED  # unsettled after 300
+
+
 def test_a_damaged_stream_does_not_pass_as_the_meant_picture(digits):
     train, test = digits
     torch.manual_seed(0)
     model = lc.build("bmshj2018-factorized", **TINY)
-    lc.train(model, train, 0.01, epochs=1, batch_size=32, lr=3e-3, seed=0)
+    lc.train(model, train, 0.01, epochs=1, batch_size=32, lr=3e-3, seed=0, settle_steps=SETTLE)
     streams = lc.compress(model, test)
     damaged = [bytes(b ^ 0xFF for b in s) for s in streams]
     assert not np.array_equal(lc.decompress(model, damaged), lc.intended(model, test))
@@ -108,7 +118,7 @@ def test_the_sweep_trains_the_largest_lambda_first_then_fine_tunes_each_next(dig
     train, test = digits
     params = LearnedBaselinesParams(
         models=("bmshj2018-factorized",), lambdas=(0.001, 0.1, 0.01), epochs=2,
-        fine_tune_epochs=1, batch_size=48, **TINY,
+        fine_tune_epochs=1, batch_size=48, settle_steps=SETTLE, **TINY,
     )  # fmt: skip
     points = list(lc.sweep("bmshj2018-factorized", params, train, test))
     assert [p.lmbda for p in points] == [0.1, 0.01, 0.001]

@@ -204,6 +204,9 @@ class LearnedBaselinesParams:
     seed: int = at_least(0, 0)
     train_limit: int = at_least(0, 0)
     """0: all 60,000 training images; N > 0: a seeded random subset of N"""
+    settle_steps: int = at_least(0, 5000)
+    """after each lambda's training, at most this many steps of the entropy bottleneck's
+    quantiles alone, until they settle (each as costly as a training step's own)"""
 
 
 @dataclass(frozen=True)

@@ -95,13 +95,13 @@ def _learned(name: str):
         from .compression import learned
         from .data import to_symbols
 
-        # a few of the quantiles' steps after training, not up to 5,000: what they compute
-        # is checked by the first (this is the worker's own process)
-        learned.SETTLE_STEPS = 20
         torch.manual_seed(SEED)  # the initial weights, as learned.sweep seeds them
         model = learned.build(name, 32, 48)
         digits = to_symbols(images, 256).numpy()
-        learned.train(model, digits, 0.01, epochs=1, batch_size=64, lr=3e-3, seed=SEED)
+        # a few of the quantiles' steps after training, not up to 5,000: what they compute
+        # is checked by the first
+        learned.train(model, digits, 0.01, epochs=1, batch_size=64, lr=3e-3, seed=SEED,
+                      settle_steps=20)  # fmt: skip
         return model
 
     return train

@@ -50,11 +50,9 @@ MODELS: dict[str, type[CompressionModel]] = {
 assert tuple(MODELS) == LEARNED_CODECS
 AUX_LR = 1e-2
 """Adam's rate for the entropy bottleneck's quantiles"""
-SETTLE_STEPS = 5000
 SETTLED = 0.1
-"""after training, the quantiles take up to this many more steps, until the aux loss is below
-this: the aux loss does not read the data, so these steps cost milliseconds, and quantiles off
-target widen or clip the entropy coder's tables"""
+"""after training, the quantiles take up to ``settle_steps`` more steps, until the aux loss is
+below this: quantiles off target widen or clip the entropy coder's tables"""
 
 
 def build(name: str, channels: int, latent_channels: int) -> CompressionModel:
@@ -121,11 +119,13 @@ def train(
     batch_size: int,
     lr: float,
     seed: int,
+    settle_steps: int,
     progress: Callable[[Iterable], Iterable] = iter,
 ) -> Training:
     """Train ``model`` on uint8 digits ``[N, 28, 28]`` for ``epochs`` with Adam at ``lr``
     (cosine-decayed to 0 over all steps) and the usual second optimizer for the entropy
-    bottleneck's quantiles (its ``aux_loss``); ``progress`` wraps each epoch's batches.
+    bottleneck's quantiles (its ``aux_loss``), then up to ``settle_steps`` of that optimizer
+    alone (``SETTLED``); ``progress`` wraps each epoch's batches.
     Seeded: the same inputs give the same weights on the same machine, on any number of
     threads."""
     generator = torch.Generator().manual_seed(seed)
@@ -160,7 +160,7 @@ def train(
             sums += torch.tensor(parts, dtype=torch.float64) * len(batch)
         means = (sums / len(x)).tolist()
         losses.append(means[0])
-    for _ in range(SETTLE_STEPS):
+    for _ in range(settle_steps):
         aux_loss = model.aux_loss()
         if aux_loss.item() < SETTLED:
             break
@@ -284,7 +284,7 @@ def sweep(
         epochs = params.epochs if i == 0 else params.fine_tune_epochs
         training = train(
             model, train_images, lmbda, epochs, params.batch_size, params.lr, params.seed + i,
-            progress(f"{name}, lambda {lmbda}"),
+            params.settle_steps, progress(f"{name}, lambda {lmbda}"),
         )  # fmt: skip
         streams = compress(model, test_images)
         decoded = decompress(model, streams)
