@@ -95,13 +95,13 @@ def test_streams_decode_to_the_pictures_the_encoder_meant(name, digits):
 def test_the_quantiles_settle_for_at_most_settle_steps_after_training(digits):
     train = digits[0]
     aux_losses = []
-    for settle_steps in (0, 30, SETTLE):
+    for settle_steps in (0, 10, 40):
         torch.manual_seed(0)
         model = lc.build("bmshj2018-factorized", **TINY)
         training = lc.train(model, train, 0.01, epochs=1, batch_size=32, lr=3e-3, seed=0,
                             settle_steps=settle_steps)  # fmt: skip
         aux_losses.append(training.aux_loss)
-    assert aux_losses[0] > aux_losses[1] > aux_losses[2] > lc.SETTLED  # unsettled after 300
+    assert aux_losses[0] > aux_losses[1] > aux_losses[2] > lc.SETTLED  # not settled: all used
 
 
 def test_a_damaged_stream_does_not_pass_as_the_meant_picture(digits):
