@@ -276,7 +276,8 @@ def test_compress_refuses_every_other_picture_with_one_line_before_decoding_it(
 ):
     """16-bit, palette, RGBA, 1 x 1, 10,000 x 10,000 (refused from its header: its 100 MB
     of pixels are never decoded, the command asks no more memory than for one digit), a
-    truncated PNG, a file that is not an image."""
+    truncated PNG, a file that is not an image. (Memory is traced for the large picture
+    only: under tracemalloc each command takes 1.4 to 2.8 s instead of 0.1 to 0.3.)"""
     digit = tmp_path / "digit.png"
     Image.fromarray(digits[0]).save(digit)
     Image.fromarray(digits[0].astype(np.uint16) * 257).save(tmp_path / "16-bit.png")
@@ -301,14 +302,15 @@ def test_compress_refuses_every_other_picture_with_one_line_before_decoding_it(
     capsys.readouterr()
     for name, message in expected.items():
         out = tmp_path / "out.mvae"
-        tracemalloc.start()
+        traced = name == "huge.png"
+        if traced:
+            tracemalloc.start()
         code = main(["compress", str(digit), str(tmp_path / name), "-o", str(out),
                      "--model", str(factorized)])  # fmt: skip
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        if traced:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < one_digit + 2**20, f"{peak:,} bytes at most, {one_digit:,} for a digit"
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1 and message in err[0], (name, err)
         assert not out.exists()
-        assert peak < one_digit + 2**20, (
-            f"{name}: {peak:,} bytes at most, {one_digit:,} for a digit"
-        )
